@@ -1,0 +1,211 @@
+"""Positions, updates and the history stores behind one interface.
+
+A position (``ts``) is an integer count of microseconds since the Unix epoch,
+handed out by the push side only.  Each store owns its positions so that they
+are strictly increasing across every channel it holds, whatever the wall clock
+does.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from zope.interface import Interface, implementer
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """One published update; ``message`` is its WebSocket/long-poll JSON, encoded once."""
+
+    channel: str
+    ts: int
+    name: str | None
+    data: str
+    message: bytes = field(repr=False, compare=False)
+
+    @classmethod
+    def create(cls, channel: str, ts: int, name: str | None, data: str) -> Update:
+        message = (
+            '{"type":"update","channel":%s,"ts":%d,"name":%s,"data":%s}'
+            % (json.dumps(channel), ts, json.dumps(name), data)
+        ).encode()
+        return cls(channel, ts, name, data, message)
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """What a store can replay of a channel after ``since``, as of position ``now``.
+
+    Every update of the channel with ``ts <= now`` is either in ``updates`` or
+    was at or before ``since``; ``reset`` means some of them are gone.
+    """
+
+    updates: Sequence[Update]
+    reset: bool
+    now: int
+
+
+Publication = tuple[str, "str | None", str]
+"""(channel, name, data) as accepted from a publisher, already validated."""
+
+
+class IHistoryStore(Interface):
+    """Keeps each channel's recent updates and tells the hub of new ones."""
+
+    def start(on_update: Callable[[Update], None]) -> Deferred:
+        """Begin; ``on_update`` is then called, in ``ts`` order, for every update
+        published to a watched channel (through this node or any other)."""
+
+    def stop() -> Deferred:
+        """Release connections and timers."""
+
+    def publish(items: Sequence[Publication]) -> Deferred:
+        """Store all of ``items`` or none; fire with their positions in order."""
+
+    def replay(channel: str, since: int | None) -> Deferred:
+        """Fire with a :class:`Replay` of ``channel`` after ``since``
+        (``None``: nothing, only the current position)."""
+
+    def now() -> Deferred:
+        """Fire with a position: every update at or before it has been stored."""
+
+    def watch(channel: str) -> None:
+        """The hub has local subscribers of ``channel``: deliver its updates."""
+
+    def unwatch(channel: str) -> None:
+        """The hub's last local subscriber of ``channel`` left."""
+
+    def stats() -> dict:
+        """Counts for /health."""
+
+
+class Positions:
+    """Strictly increasing positions from a clock that may step backwards."""
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self.last = 0
+
+    def _wall(self) -> int:
+        return int(self._clock.seconds() * 1_000_000)
+
+    def allocate(self) -> int:
+        """A new position, greater than every position handed out before."""
+        self.last = max(self._wall(), self.last + 1)
+        return self.last
+
+    def now(self) -> int:
+        """The current position; every later :meth:`allocate` is greater."""
+        self.last = max(self._wall(), self.last)
+        return self.last
+
+
+class _ChannelHistory:
+    __slots__ = ("entries", "horizon")
+
+    def __init__(self, horizon: int) -> None:
+        self.entries: deque[Update] = deque()
+        self.horizon = horizon
+
+
+@implementer(IHistoryStore)
+class MemoryHistory:
+    """History in this process: ``size`` updates per channel, none older than ``ttl`` seconds.
+
+    Age is checked when a channel is touched and by one sweep every
+    ``sweep_interval`` seconds, never by a timer per update.  A channel whose
+    history has all expired is forgotten, its horizon folded into one shared
+    horizon so that no ``since`` before it is ever answered with a partial replay.
+    """
+
+    def __init__(
+        self, clock: IReactorTime, size: int = 100, ttl: float = 3600, sweep_interval: float = 60
+    ) -> None:
+        self._clock = clock
+        self.size = size
+        self.ttl = ttl
+        self.positions = Positions(clock)
+        self._channels: dict[str, _ChannelHistory] = {}
+        self._forgotten_horizon = self.positions.now()
+        self._on_update: Callable[[Update], None] = lambda update: None
+        self._sweeper = LoopingCall(self.sweep)
+        self._sweeper.clock = clock
+        self._sweep_interval = sweep_interval
+
+    def start(self, on_update: Callable[[Update], None]) -> Deferred:
+        self._on_update = on_update
+        self._sweeper.start(self._sweep_interval, now=False)
+        return succeed(None)
+
+    def stop(self) -> Deferred:
+        if self._sweeper.running:
+            self._sweeper.stop()
+        return succeed(None)
+
+    def _cutoff(self) -> int:
+        return int((self._clock.seconds() - self.ttl) * 1_000_000)
+
+    def _trim(self, history: _ChannelHistory, cutoff: int, keep: int) -> None:
+        entries = history.entries
+        while entries and (len(entries) > keep or entries[0].ts <= cutoff):
+            history.horizon = entries.popleft().ts
+
+    def sweep(self) -> None:
+        """Drop expired updates everywhere and forget channels left empty."""
+        cutoff = self._cutoff()
+        for channel, history in list(self._channels.items()):
+            self._trim(history, cutoff, self.size)
+            if not history.entries:
+                self._forgotten_horizon = max(self._forgotten_horizon, history.horizon)
+                del self._channels[channel]
+
+    def publish(self, items: Sequence[Publication]) -> Deferred:
+        cutoff = self._cutoff()
+        updates = []
+        for channel, name, data in items:
+            history = self._channels.get(channel)
+            if history is None:
+                history = self._channels[channel] = _ChannelHistory(self._forgotten_horizon)
+            update = Update.create(channel, self.positions.allocate(), name, data)
+            history.entries.append(update)
+            self._trim(history, cutoff, self.size)
+            updates.append(update)
+        for update in updates:
+            self._on_update(update)
+        return succeed([update.ts for update in updates])
+
+    def replay(self, channel: str, since: int | None) -> Deferred:
+        now = self.positions.now()
+        history = self._channels.get(channel)
+        if history is None:
+            horizon, entries = self._forgotten_horizon, ()
+        else:
+            self._trim(history, self._cutoff(), self.size)
+            horizon, entries = history.horizon, history.entries
+        if since is None:
+            return succeed(Replay((), False, now))
+        if since < horizon:
+            return succeed(Replay((), True, now))
+        return succeed(Replay([u for u in entries if u.ts > since], False, now))
+
+    def now(self) -> Deferred:
+        return succeed(self.positions.now())
+
+    def watch(self, channel: str) -> None:
+        """Every update is delivered in this process already."""
+
+    def unwatch(self, channel: str) -> None:
+        """Every update is delivered in this process already."""
+
+    def stats(self) -> dict:
+        return {
+            "store": "memory",
+            "history_channels": len(self._channels),
+            "history_updates": sum(len(h.entries) for h in self._channels.values()),
+        }

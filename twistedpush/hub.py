@@ -1,0 +1,222 @@
+"""The protocol core: channels, subscribers, catch-up and fan-out, free of I/O.
+
+Transports (WebSocket, long-poll, AMP) translate their wire formats into calls
+on :class:`Hub` and implement :class:`Subscriber` to be told what to send.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IReactorTime
+
+from twistedpush.access import AccessPolicy, check_channel, check_name
+from twistedpush.errors import BadData, BadRequest, Limit, PushError, TooLarge
+from twistedpush.history import IHistoryStore, Publication, Replay, Update
+
+MAX_DATA = 1024 * 1024
+
+
+class Subscriber(Protocol):
+    """Whatever receives a channel's messages: a WebSocket, a long-poll request."""
+
+    def send_update(self, update: Update) -> None: ...
+
+    def send_reset(self, channel: str, now: int) -> None: ...
+
+    def send_subscribed(self, channel: str, now: int) -> None: ...
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def check_data(data: bytes | str) -> str:
+    """Return ``data`` as text if it is at most 1 MiB of UTF-8 JSON, else raise."""
+    raw = data.encode() if isinstance(data, str) else data
+    if len(raw) > MAX_DATA:
+        raise TooLarge(f"data is {len(raw)} bytes; at most {MAX_DATA} are accepted")
+    try:
+        text = raw.decode("utf-8")
+        json.loads(text, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise BadData(f"data is not UTF-8 JSON text: {e}") from None
+    return text.strip()
+
+
+def check_since(since: object) -> int | None:
+    if since is None:
+        return None
+    if isinstance(since, bool) or not isinstance(since, int) or since < 0:
+        raise BadRequest(f"since must be null or a non-negative integer, got {since!r}")
+    return since
+
+
+class _Channel:
+    """Local subscribers of one channel: live ones, and those still catching up."""
+
+    __slots__ = ("live", "pending")
+
+    def __init__(self) -> None:
+        self.live: dict[Subscriber, None] = {}
+        self.pending: dict[Subscriber, list[Update]] = {}
+
+
+class Hub:
+    """Subscriptions and fan-out for one node, over one history store."""
+
+    def __init__(
+        self,
+        store: IHistoryStore,
+        access: AccessPolicy,
+        clock: IReactorTime,
+        max_subscriptions: int = 100,
+    ) -> None:
+        self.store = store
+        self.access = access
+        self.clock = clock
+        self.max_subscriptions = max_subscriptions
+        self._channels: dict[str, _Channel] = {}
+        self._subscriptions: dict[Subscriber, set[str]] = {}
+        self.updates_in = 0
+        self.updates_out = 0
+
+    def start(self) -> Deferred:
+        return self.store.start(self.deliver)
+
+    def stop(self) -> Deferred:
+        return self.store.stop()
+
+    # Publishing
+
+    def publish(self, items: Sequence[tuple[object, object, bytes | str]]) -> Deferred:
+        """Validate every item, then store them all; fire with their positions."""
+        try:
+            checked: list[Publication] = [
+                (check_channel(channel), check_name(name), check_data(data))
+                for channel, name, data in items
+            ]
+        except PushError:
+            return fail()
+        self.updates_in += len(checked)
+        return self.store.publish(checked)
+
+    def now(self) -> Deferred:
+        return self.store.now()
+
+    def deliver(self, update: Update) -> None:
+        """Fan ``update`` out to this node's subscribers of its channel."""
+        channel = self._channels.get(update.channel)
+        if channel is None:
+            return
+        for buffered in channel.pending.values():
+            buffered.append(update)
+        for subscriber in channel.live:
+            subscriber.send_update(update)
+        self.updates_out += len(channel.live)
+
+    # Subscribing
+
+    def subscribe(
+        self, subscriber: Subscriber, channel: object, since: object = None, token: object = None
+    ) -> Deferred:
+        """Subscribe to live updates first, then replay after ``since`` and merge.
+
+        Raises PushError at once for a bad or forbidden request; the Deferred
+        fires once the replay (or reset) and ``subscribed`` have been sent.
+        """
+        name = check_channel(channel)
+        since = check_since(since)
+        self.access.check(name, token, self.clock.seconds())
+        channels = self._subscriptions.setdefault(subscriber, set())
+        if name in channels:
+            self._leave(subscriber, name)
+        elif len(channels) >= self.max_subscriptions:
+            raise Limit(f"at most {self.max_subscriptions} subscriptions per connection")
+        channels.add(name)
+        state = self._channels.get(name)
+        if state is None:
+            state = self._channels[name] = _Channel()
+            self.store.watch(name)
+        buffered: list[Update] = []
+        state.pending[subscriber] = buffered
+        return self.store.replay(name, since).addCallbacks(
+            self._replayed,
+            self._replay_failed,
+            callbackArgs=(subscriber, name, state, buffered, since),
+            errbackArgs=(subscriber, name, state, buffered),
+        )
+
+    def _replayed(
+        self,
+        replay: Replay,
+        subscriber: Subscriber,
+        name: str,
+        state: _Channel,
+        buffered: list[Update],
+        since: int | None,
+    ) -> None:
+        if state.pending.get(subscriber) is not buffered:
+            return  # unsubscribed (or subscribed anew) while the replay was read
+        del state.pending[subscriber]
+        for update in replay.updates:
+            subscriber.send_update(update)
+        if replay.reset:
+            subscriber.send_reset(name, replay.now)
+        subscriber.send_subscribed(name, replay.now)
+        after = max(replay.now, since or 0)
+        live = [update for update in buffered if update.ts > after]
+        for update in live:
+            subscriber.send_update(update)
+        self.updates_out += len(replay.updates) + len(live)
+        state.live[subscriber] = None
+
+    def _replay_failed(
+        self,
+        failure: Any,
+        subscriber: Subscriber,
+        name: str,
+        state: _Channel,
+        buffered: list[Update],
+    ) -> Any:
+        if state.pending.get(subscriber) is buffered:
+            self.unsubscribe(subscriber, name)
+        return failure
+
+    def unsubscribe(self, subscriber: Subscriber, channel: object) -> None:
+        name = check_channel(channel)
+        channels = self._subscriptions.get(subscriber)
+        if channels is None or name not in channels:
+            return
+        self._leave(subscriber, name)
+        channels.discard(name)
+        if not channels:
+            del self._subscriptions[subscriber]
+
+    def drop(self, subscriber: Subscriber) -> None:
+        """Forget every subscription of a subscriber that went away."""
+        for name in self._subscriptions.pop(subscriber, ()):
+            self._leave(subscriber, name)
+
+    def _leave(self, subscriber: Subscriber, name: str) -> None:
+        state = self._channels[name]
+        if state.pending.pop(subscriber, None) is None:
+            del state.live[subscriber]
+        if not state.live and not state.pending:
+            del self._channels[name]
+            self.store.unwatch(name)
+
+    def subscriptions_of(self, subscriber: Subscriber) -> frozenset[str]:
+        return frozenset(self._subscriptions.get(subscriber, ()))
+
+    def stats(self) -> dict:
+        return {
+            "channels": len(self._channels),
+            "subscriptions": sum(len(c) for c in self._subscriptions.values()),
+            "updates_in": self.updates_in,
+            "updates_out": self.updates_out,
+            **self.store.stats(),
+        }

@@ -1,0 +1,86 @@
+"""The JSON messages of WebSocket and long-poll, parsed and encoded without I/O."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from twistedpush.errors import BadRequest, Limit, PushError, TooLarge
+
+MAX_POLL_TIMEOUT = 60
+DEFAULT_POLL_TIMEOUT = 25
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """One requested subscription; ``channel``, ``since`` and ``token`` are checked by the hub."""
+
+    channel: Any
+    since: Any = None
+    token: Any = None
+
+
+def _object(payload: bytes, max_size: int, what: str) -> dict:
+    if len(payload) > max_size:
+        raise TooLarge(f"{what} is {len(payload)} bytes; at most {max_size} are accepted")
+    try:
+        value = json.loads(payload)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise BadRequest(f"{what} is not JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise BadRequest(f"{what} must be a JSON object")
+    return value
+
+
+def parse_client_message(payload: bytes, max_size: int) -> tuple[str, Subscription]:
+    """Parse a WebSocket text frame into ``("subscribe"|"unsubscribe", Subscription)``."""
+    message = _object(payload, max_size, "message")
+    kind = message.get("type")
+    if kind not in ("subscribe", "unsubscribe"):
+        raise BadRequest(f"type must be 'subscribe' or 'unsubscribe', got {kind!r}")
+    if "channel" not in message:
+        raise BadRequest(f"{kind} needs a channel")
+    return kind, Subscription(message["channel"], message.get("since"), message.get("token"))
+
+
+def parse_poll_body(
+    body: bytes, max_size: int, max_subscriptions: int
+) -> tuple[list[Subscription], float]:
+    """Parse a long-poll body into its subscriptions and its timeout in seconds."""
+    request = _object(body, max_size, "body")
+    subscriptions = request.get("subscriptions")
+    if not isinstance(subscriptions, list) or not subscriptions:
+        raise BadRequest("subscriptions must be a non-empty list")
+    if len(subscriptions) > max_subscriptions:
+        raise Limit(f"at most {max_subscriptions} subscriptions per request")
+    parsed = []
+    for item in subscriptions:
+        if not isinstance(item, dict) or "channel" not in item:
+            raise BadRequest("each subscription must be an object with a channel")
+        parsed.append(Subscription(item["channel"], item.get("since"), item.get("token")))
+    timeout = request.get("timeout", DEFAULT_POLL_TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+        raise BadRequest("timeout must be a number of seconds")
+    return parsed, min(float(timeout), MAX_POLL_TIMEOUT)
+
+
+def encode(message: dict) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode()
+
+
+def reset_message(channel: str, now: int) -> dict:
+    return {"type": "reset", "channel": channel, "ts": now}
+
+
+def subscribed_message(channel: str, now: int) -> dict:
+    return {"type": "subscribed", "channel": channel, "ts": now}
+
+
+def error_message(error: PushError, channel: Any = None) -> dict:
+    return {
+        "type": "error",
+        "channel": channel if isinstance(channel, str) else None,
+        "code": error.code,
+        "message": error.message,
+    }
