@@ -32,8 +32,8 @@ class Update:
     @classmethod
     def create(cls, channel: str, ts: int, name: str | None, data: str) -> Update:
         message = (
-            '{"type":"update","channel":%s,"ts":%d,"name":%s,"data":%s}'
-            % (json.dumps(channel), ts, json.dumps(name), data)
+            f'{{"type":"update","channel":{json.dumps(channel)},"ts":{ts},'
+            f'"name":{json.dumps(name)},"data":{data}}}'
         ).encode()
         return cls(channel, ts, name, data, message)
 

@@ -55,7 +55,9 @@ def _number(options: usage.Options, key: str, kind: type[int] | type[float]) -> 
 
 class Options(usage.Options):
     synopsis = "[options]"
-    longdesc = "Run a twistedpush push server: WebSocket and long-poll for browsers, AMP for publishers."
+    longdesc = (
+        "Run a twistedpush push server: WebSocket and long-poll for browsers, AMP for publishers."
+    )
 
     optParameters = [
         ["port", None, "tcp:8013", "Public HTTP + WebSocket listener (strports)."],
@@ -94,14 +96,16 @@ class Options(usage.Options):
             try:
                 endpoints.serverFromString(reactor, self[key])
             except (ValueError, TypeError, KeyError) as e:
-                raise usage.UsageError(f"--{key} {self[key]!r} is not a usable endpoint: {e}")
+                raise usage.UsageError(
+                    f"--{key} {self[key]!r} is not a usable endpoint: {e}"
+                ) from None
         if self["secret"] is None:
             self["secret"] = os.environ.get("SERVERPUSH_SECRET") or None
         if self["redis"] is not None:
             try:
                 self["redis-args"] = parse_redis_url(self["redis"])
             except ValueError as e:
-                raise usage.UsageError(str(e))
+                raise usage.UsageError(str(e)) from None
 
 
 class HubService(service.Service):
@@ -142,7 +146,8 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> servic
     HubService(hub).setServiceParent(top)
     site = make_site(hub, reactor, options["max-message-size"])
     for strport, factory in ((options["port"], site), (options["notifier"], NotifierFactory(hub))):
-        listener = StreamServerEndpointService(endpoints.serverFromString(reactor, strport), factory)
+        endpoint = endpoints.serverFromString(reactor, strport)
+        listener = StreamServerEndpointService(endpoint, factory)
         listener._raiseSynchronously = True
         listener.setServiceParent(top)
     return top

@@ -43,7 +43,10 @@ class HealthResource(Resource):
         request.setHeader(b"Cache-Control", b"no-store")
         report = {
             "status": "ok",
-            "connections": {"websocket": self.websockets.connections, "longpoll": self.polls.active},
+            "connections": {
+                "websocket": self.websockets.connections,
+                "longpoll": self.polls.active,
+            },
             "uptime": round(self.clock.seconds() - self.started, 3),
             **self.hub.stats(),
         }
@@ -59,7 +62,7 @@ class RootResource(Resource):
 def make_site(
     hub: Hub, clock: IReactorTime, max_message_size: int = 4096, max_body: int = 65536
 ) -> server.Site:
-    websockets = PushWebSocketFactory(hub, max_message_size)
+    websockets = PushWebSocketFactory(hub, max_message_size, reactor=clock)
     polls = PollResource(hub, clock, max_body, hub.max_subscriptions)
     root = RootResource()
     root.putChild(b"ws", WebSocketResource(websockets))

@@ -81,8 +81,8 @@ class PushWebSocketFactory(WebSocketServerFactory):
 
     protocol = PushWebSocketProtocol
 
-    def __init__(self, hub: Hub, max_message_size: int = 4096) -> None:
-        super().__init__()
+    def __init__(self, hub: Hub, max_message_size: int = 4096, reactor: Any = None) -> None:
+        super().__init__(reactor=reactor)
         self.hub = hub
         self.max_message_size = max_message_size
         self.connections = 0

@@ -1,0 +1,79 @@
+"""Test doubles shared by the unit tests."""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from twistedpush.access import AccessPolicy
+from twistedpush.history import MemoryHistory, Update
+from twistedpush.hub import Hub
+
+START = 1_700_000_000.0
+
+
+def make_clock(at: float = START) -> Clock:
+    clock = Clock()
+    clock.advance(at)
+    return clock
+
+
+def make_hub(
+    clock: Clock | None = None, size: int = 100, ttl: float = 3600, **access: object
+) -> Hub:
+    clock = clock or make_clock()
+    store = MemoryHistory(clock, size, ttl)
+    policy = AccessPolicy(access.get("secret"), access.get("public", ("*",)))  # type: ignore[arg-type]
+    hub = Hub(store, policy, clock, max_subscriptions=int(access.get("max_subscriptions", 100)))  # type: ignore[call-overload]
+    hub.start()
+    return hub
+
+
+class Recorder:
+    """A subscriber that records what a client would receive, as parsed messages."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict] = []
+
+    def send_update(self, update: Update) -> None:
+        self.messages.append(json.loads(update.message))
+
+    def send_reset(self, channel: str, now: int) -> None:
+        self.messages.append({"type": "reset", "channel": channel, "ts": now})
+
+    def send_subscribed(self, channel: str, now: int) -> None:
+        self.messages.append({"type": "subscribed", "channel": channel, "ts": now})
+
+    def data(self, kind: str = "update") -> list:
+        return [m["data"] for m in self.messages if m["type"] == kind]
+
+    def types(self) -> list[str]:
+        return [m["type"] for m in self.messages]
+
+
+class SlowReplayStore(MemoryHistory):
+    """Memory history whose replays answer only when the test says so (as Redis would).
+
+    The snapshot is taken when replay() is called, or with ``late=True`` only on
+    release, so that it also holds updates the hub has already seen live.
+    """
+
+    def __init__(self, *args: object, late: bool = False, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.late = late
+        self.waiting: list[tuple[str, int | None, Deferred | None, Deferred]] = []
+
+    def replay(self, channel: str, since: int | None) -> Deferred:
+        snapshot = None if self.late else super().replay(channel, since)
+        later: Deferred = Deferred()
+        self.waiting.append((channel, since, snapshot, later))
+        return later
+
+    def release(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        for channel, since, snapshot, later in waiting:
+            if snapshot is None:
+                snapshot = super().replay(channel, since)
+            snapshot.chainDeferred(later)

@@ -1,0 +1,197 @@
+"""The hub: catch-up, merge of replay and live, reset, limits, publishing rules."""
+
+import json
+
+import pytest
+
+from tests.helpers import Recorder, SlowReplayStore, make_clock, make_hub
+from twistedpush.access import AccessPolicy, sign_token
+from twistedpush.errors import BadChannel, BadData, BadRequest, Forbidden, Limit, TooLarge
+from twistedpush.hub import MAX_DATA, Hub
+
+
+def fired(d):
+    out = []
+    d.addBoth(out.append)
+    assert out, "Deferred did not fire"
+    return out[0]
+
+
+def publish(hub, channel, *values, name=None):
+    return fired(hub.publish([(channel, name, json.dumps(v)) for v in values]))
+
+
+def test_live_updates_reach_subscribers_in_order():
+    hub = make_hub()
+    a, b = Recorder(), Recorder()
+    hub.subscribe(a, "room")
+    hub.subscribe(b, "room")
+    publish(hub, "room", 1, 2, 3, name="tick")
+    assert a.data() == b.data() == [1, 2, 3]
+    assert a.messages[0]["type"] == "subscribed"
+    assert {m["name"] for m in a.messages[1:]} == {"tick"}
+
+
+def test_catch_up_from_since_then_live_once_each():
+    hub = make_hub()
+    ts = publish(hub, "room", 1, 2, 3)
+    sub = Recorder()
+    hub.subscribe(sub, "room", since=ts[0])
+    publish(hub, "room", 4)
+    assert sub.types() == ["update", "update", "subscribed", "update"]
+    assert sub.data() == [2, 3, 4]
+    assert sub.messages[2]["ts"] >= ts[2]
+
+
+def test_updates_published_while_replay_is_read_are_delivered_once_in_order():
+    clock = make_clock()
+    store = SlowReplayStore(clock)
+    hub = Hub(store, AccessPolicy(None, ["*"]), clock)
+    hub.start()
+    ts = publish(hub, "room", 1, 2)
+    sub = Recorder()
+    hub.subscribe(sub, "room", since=ts[0])
+    publish(hub, "room", 3, 4)  # after the replay snapshot, before it reaches us
+    store.release()
+    publish(hub, "room", 5)
+    assert sub.data() == [2, 3, 4, 5]
+    stamps = [m["ts"] for m in sub.messages if m["type"] == "update"]
+    assert stamps == sorted(set(stamps))
+
+
+def test_live_update_already_in_the_replay_is_not_sent_twice():
+    clock = make_clock()
+    store = SlowReplayStore(clock, late=True)
+    hub = Hub(store, AccessPolicy(None, ["*"]), clock)
+    hub.start()
+    ts = publish(hub, "room", 1)
+    sub = Recorder()
+    hub.subscribe(sub, "room", since=ts[0])
+    publish(hub, "room", 2)  # seen live, and in the snapshot taken afterwards
+    store.release()
+    publish(hub, "room", 3)
+    assert sub.data() == [2, 3]
+
+
+def test_reset_when_since_is_older_than_the_horizon():
+    hub = make_hub(size=2)
+    ts = publish(hub, "room", 1, 2, 3)
+    sub = Recorder()
+    hub.subscribe(sub, "room", since=ts[0] - 1)
+    assert sub.types() == ["reset", "subscribed"]
+    publish(hub, "room", 4)
+    assert sub.data() == [4]
+
+
+def test_since_from_before_the_server_started_resets():
+    clock = make_clock()
+    hub = make_hub(clock)
+    sub = Recorder()
+    hub.subscribe(sub, "room", since=int(clock.seconds() * 1e6) - 5_000_000)
+    assert sub.types() == ["reset", "subscribed"]
+
+
+def test_subscribed_now_is_a_safe_next_since():
+    hub = make_hub()
+    sub = Recorder()
+    hub.subscribe(sub, "room")
+    now = sub.messages[0]["ts"]
+    ts = publish(hub, "room", 1)
+    assert ts[0] > now
+
+
+def test_unsubscribe_and_drop_stop_delivery():
+    hub = make_hub()
+    a, b = Recorder(), Recorder()
+    hub.subscribe(a, "room")
+    hub.subscribe(b, "room")
+    hub.unsubscribe(a, "room")
+    hub.drop(b)
+    publish(hub, "room", 1)
+    assert a.data() == b.data() == []
+    assert hub.stats()["channels"] == 0 and hub.stats()["subscriptions"] == 0
+
+
+def test_unsubscribe_during_replay_sends_nothing():
+    clock = make_clock()
+    store = SlowReplayStore(clock)
+    hub = Hub(store, AccessPolicy(None, ["*"]), clock)
+    hub.start()
+    sub = Recorder()
+    hub.subscribe(sub, "room", since=None)
+    hub.unsubscribe(sub, "room")
+    store.release()
+    publish(hub, "room", 1)
+    assert sub.messages == []
+
+
+def test_subscribing_again_replaces_the_subscription():
+    hub = make_hub()
+    ts = publish(hub, "room", 1, 2)
+    sub = Recorder()
+    hub.subscribe(sub, "room")
+    hub.subscribe(sub, "room", since=ts[0])
+    publish(hub, "room", 3)
+    assert sub.data() == [2, 3]
+    assert hub.stats()["subscriptions"] == 1
+
+
+def test_subscription_limit():
+    hub = make_hub(max_subscriptions=2)
+    sub = Recorder()
+    hub.subscribe(sub, "a")
+    hub.subscribe(sub, "b")
+    with pytest.raises(Limit, match="at most 2"):
+        hub.subscribe(sub, "c")
+    hub.subscribe(sub, "a")  # resubscribing is not a new subscription
+
+
+@pytest.mark.parametrize(
+    ("channel", "since", "error"),
+    [
+        ("bad channel", None, BadChannel),
+        ("ok", -1, BadRequest),
+        ("ok", "12", BadRequest),
+        ("ok", True, BadRequest),
+        ("ok", 1.5, BadRequest),
+    ],
+)
+def test_bad_subscriptions(channel, since, error):
+    with pytest.raises(error):
+        make_hub().subscribe(Recorder(), channel, since)
+
+
+def test_private_channels_need_a_valid_token():
+    clock = make_clock()
+    hub = make_hub(clock, secret="k", public=("pub.*",))
+    sub = Recorder()
+    hub.subscribe(sub, "pub.x")
+    with pytest.raises(Forbidden):
+        hub.subscribe(sub, "user:1")
+    with pytest.raises(Forbidden):
+        hub.subscribe(sub, "user:1", token=sign_token("k", "user:2", int(clock.seconds()) + 60))
+    hub.subscribe(sub, "user:1", token=sign_token("k", "user:1", int(clock.seconds()) + 60))
+
+
+def test_publish_validates_everything_before_storing_anything():
+    hub = make_hub()
+    for items, error in [
+        ([("ok", None, "1"), ("bad channel", None, "2")], BadChannel),
+        ([("ok", None, "1"), ("ok", None, "{nope")], BadData),
+        ([("ok", None, "1"), ("ok", "bad name!", "2")], BadData),
+        ([("ok", None, b"\xff")], BadData),
+        ([("ok", None, "NaN")], BadData),
+        ([("ok", None, '"' + "x" * MAX_DATA + '"')], TooLarge),
+    ]:
+        failure = fired(hub.publish(items))
+        assert failure.check(error), failure
+    assert hub.store.stats()["history_updates"] == 0
+    sub = Recorder()
+    hub.subscribe(sub, "ok", since=0 + hub.store.positions.now() - 1)
+    assert sub.data() == []
+
+
+def test_exactly_one_mebibyte_is_accepted():
+    hub = make_hub()
+    data = '"' + "x" * (MAX_DATA - 2) + '"'
+    assert len(fired(hub.publish([("ok", None, data)]))) == 1

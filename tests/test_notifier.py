@@ -1,0 +1,145 @@
+"""The AMP notifier over an in-memory connection (twisted.test.iosim)."""
+
+import json
+
+import pytest
+from twisted.protocols import amp
+from twisted.test.iosim import connectedServerAndClient
+
+from tests.helpers import Recorder, make_hub
+from twistedpush.commands import CHUNK, CurrentTimestamp, SendUpdate, SendUpdates
+from twistedpush.notifier import NotifierProtocol
+
+
+@pytest.fixture
+def wired():
+    hub = make_hub()
+    client, server, pump = connectedServerAndClient(
+        lambda: NotifierProtocol(hub), lambda: amp.AMP()
+    )
+    return hub, client, pump
+
+
+def call(pump, client, command, **kwargs):
+    out = []
+    client.callRemote(command, **kwargs).addBoth(out.append)
+    pump.flush()
+    assert out, "no answer"
+    return out[0]
+
+
+def raw(pump, client, command, **kwargs):
+    """Send ``command`` and return the answer box as it came over the wire."""
+    box = command.makeArguments(kwargs, client)
+    box[b"_command"] = command.commandName
+    box[b"_ask"] = b"t1"
+    answers = []
+    client.boxReceiver = type("Receiver", (), {"ampBoxReceived": staticmethod(answers.append)})()
+    client.transport.write(box.serialize())
+    pump.flush()
+    assert len(answers) == 1
+    return answers[0]
+
+
+def test_send_update_answers_ts_and_delivers(wired):
+    hub, client, pump = wired
+    sub = Recorder()
+    hub.subscribe(sub, "room")
+    answer = call(pump, client, SendUpdate, channel="room", data=b'{"a":1}', name="greet")
+    assert answer["ts"] > sub.messages[0]["ts"]
+    assert sub.messages[-1] == {
+        "type": "update",
+        "channel": "room",
+        "ts": answer["ts"],
+        "name": "greet",
+        "data": {"a": 1},
+    }
+
+
+def test_name_is_optional(wired):
+    hub, client, pump = wired
+    assert isinstance(call(pump, client, SendUpdate, channel="room", data=b"1")["ts"], int)
+
+
+def test_data_over_64k_travels_in_chunks_and_is_joined(wired):
+    hub, client, pump = wired
+    sub = Recorder()
+    hub.subscribe(sub, "room")
+    text = "é" * 100_000  # 200 KB of UTF-8: chunk borders fall inside characters
+    data = json.dumps(text, ensure_ascii=False).encode()
+    box = SendUpdate.makeArguments({"channel": "room", "data": data, "name": None}, client)
+    assert {b"data", b"data.2", b"data.3", b"data.4"} <= set(box)
+    assert all(len(v) <= CHUNK for v in box.values())
+    call(pump, client, SendUpdate, channel="room", data=data)
+    assert sub.data() == [text]
+
+
+def test_send_updates_in_order(wired):
+    hub, client, pump = wired
+    sub = Recorder()
+    hub.subscribe(sub, "a")
+    updates = [
+        {"channel": "a", "data": b"1", "name": None},
+        {"channel": "b", "data": b"2", "name": "x"},
+        {"channel": "a", "data": b"3", "name": None},
+    ]
+    answer = call(pump, client, SendUpdates, updates=updates)
+    assert len(answer["ts"]) == 3 and answer["ts"] == sorted(answer["ts"])
+    assert sub.data() == [1, 3]
+
+
+def test_current_timestamp_is_below_the_next_update(wired):
+    hub, client, pump = wired
+    now = call(pump, client, CurrentTimestamp)["ts"]
+    assert call(pump, client, SendUpdate, channel="room", data=b"1")["ts"] > now
+
+
+@pytest.mark.parametrize(
+    ("channel", "data", "name", "code"),
+    [
+        ("bad channel", b"1", None, b"BAD_CHANNEL"),
+        ("x" * 201, b"1", None, b"BAD_CHANNEL"),
+        ("room", b"{not json", None, b"BAD_DATA"),
+        ("room", b"\xff\xfe", None, b"BAD_DATA"),
+        ("room", b"1", "bad name", b"BAD_DATA"),
+        ("room", b'"' + b"x" * (1024 * 1024) + b'"', None, b"TOO_LARGE"),
+    ],
+)
+def test_error_codes(wired, channel, data, name, code):
+    hub, client, pump = wired
+    answer = raw(pump, client, SendUpdate, channel=channel, data=data, name=name)
+    assert answer[b"_error"] == b"t1"
+    assert answer[b"_error_code"] == code
+    assert answer[b"_error_description"]
+    assert hub.store.stats()["history_updates"] == 0
+    ok = raw(pump, client, SendUpdate, channel="room", data=b"1")  # connection still fine
+    assert int(ok[b"ts"]) > 0
+
+
+def test_send_updates_is_all_or_nothing(wired):
+    hub, client, pump = wired
+    updates = [
+        {"channel": "a", "data": b"1", "name": None},
+        {"channel": "a", "data": b"nope", "name": None},
+    ]
+    assert raw(pump, client, SendUpdates, updates=updates)[b"_error_code"] == b"BAD_DATA"
+    assert hub.store.stats()["history_updates"] == 0
+
+
+def test_invalid_utf8_channel_is_bad_channel(wired):
+    hub, client, pump = wired
+    answer = raw(pump, client, SendUpdate, channel="room", data=b"1")
+    assert b"ts" in answer
+    box = amp.AmpBox(_command=b"SendUpdate", _ask=b"2", channel=b"\xff", data=b"1")
+    answers = []
+    client.boxReceiver = type("Receiver", (), {"ampBoxReceived": staticmethod(answers.append)})()
+    client.transport.write(box.serialize())
+    pump.flush()
+    assert answers[0][b"_error_code"] == b"BAD_CHANNEL"
+
+
+def test_known_errors_arrive_as_exceptions_for_twisted_clients(wired):
+    from twistedpush.errors import BadChannel
+
+    hub, client, pump = wired
+    assert call(pump, client, SendUpdate, channel="no good", data=b"1").check(BadChannel)

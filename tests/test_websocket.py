@@ -1,0 +1,161 @@
+"""The WebSocket transport: the real Site and Autobahn client over iosim, on a Clock."""
+
+import json
+
+import pytest
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.test.iosim import connectedServerAndClient
+
+from tests.helpers import make_clock, make_hub
+from twistedpush.access import sign_token
+from twistedpush.web import make_site
+
+
+class Client(WebSocketClientProtocol):
+    def onConnect(self, response):
+        self.received = []
+        self.closed = None
+
+    def onMessage(self, payload, isBinary):
+        self.received.append(json.loads(payload))
+
+    def onClose(self, wasClean, code, reason):
+        self.closed = code
+
+    def send_json(self, message):
+        self.sendMessage(json.dumps(message).encode())
+
+
+def connect(site, clock):
+    factory = WebSocketClientFactory("ws://localhost/ws", reactor=clock)
+    factory.protocol = Client
+    client, server, pump = connectedServerAndClient(
+        lambda: site.buildProtocol(None), lambda: factory.buildProtocol(None), clock=clock
+    )
+    pump.flush()
+    assert client.state == client.STATE_OPEN
+    return client, server, pump
+
+
+@pytest.fixture
+def ws():
+    clock = make_clock()
+    hub = make_hub(clock, secret="k", public=("pub.*",))
+    site = make_site(hub, clock, max_message_size=512)
+    client, server, pump = connect(site, clock)
+    return hub, clock, client, pump
+
+
+def publish(hub, channel, value, name=None):
+    out = []
+    hub.publish([(channel, name, json.dumps(value))]).addCallback(out.append)
+    return out[0][0]
+
+
+def test_subscribe_replay_then_live(ws):
+    hub, clock, client, pump = ws
+    first = publish(hub, "pub.a", 1)
+    publish(hub, "pub.a", 2)
+    client.send_json({"type": "subscribe", "channel": "pub.a", "since": first, "token": None})
+    pump.flush()
+    publish(hub, "pub.a", 3, name="n")
+    pump.flush()
+    types = [m["type"] for m in client.received]
+    assert types == ["update", "subscribed", "update"]
+    assert [m.get("data") for m in client.received] == [2, None, 3]
+    assert client.received[2]["name"] == "n"
+
+
+def test_fan_out_frames_each_update_once():
+    clock = make_clock()
+    hub = make_hub(clock)
+    site = make_site(hub, clock)
+    connections = [connect(site, clock) for _ in range(3)]
+    for client, server, pump in connections:
+        client.send_json({"type": "subscribe", "channel": "room"})
+        pump.flush()
+    factory = site.resource.children[b"ws"]._factory
+    framed = []
+    original = factory.prepareMessage
+    factory.prepareMessage = lambda payload: framed.append(payload) or original(payload)
+    publish(hub, "room", {"x": 1})
+    for client, server, pump in connections:
+        pump.flush()
+        assert client.received[-1]["data"] == {"x": 1}
+    assert len(framed) == 1
+
+
+def test_unsubscribe(ws):
+    hub, clock, client, pump = ws
+    client.send_json({"type": "subscribe", "channel": "pub.a"})
+    client.send_json({"type": "unsubscribe", "channel": "pub.a"})
+    pump.flush()
+    publish(hub, "pub.a", 1)
+    pump.flush()
+    assert [m["type"] for m in client.received] == ["subscribed"]
+
+
+def test_token_required_for_private_channels(ws):
+    hub, clock, client, pump = ws
+    client.send_json({"type": "subscribe", "channel": "user:1", "since": None, "token": None})
+    token = sign_token("k", "user:1", int(clock.seconds()) + 60)
+    client.send_json({"type": "subscribe", "channel": "user:1", "token": token})
+    pump.flush()
+    assert client.received[0]["type"] == "error"
+    assert client.received[0]["code"] == "forbidden"
+    assert client.received[0]["channel"] == "user:1"
+    assert client.received[1]["type"] == "subscribed"
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (b"not json", "bad_request"),
+        (b"[1,2]", "bad_request"),
+        (b'{"type":"dance"}', "bad_request"),
+        (b'{"type":"subscribe"}', "bad_request"),
+        (b'{"type":"subscribe","channel":"no good"}', "bad_channel"),
+        (b'{"type":"subscribe","channel":"pub.a","since":"yesterday"}', "bad_request"),
+        (b'{"type":"subscribe","channel":"pub.a","pad":"' + b"x" * 600 + b'"}', "too_large"),
+    ],
+)
+def test_bad_messages_get_an_error_and_the_connection_stays(ws, frame, code):
+    hub, clock, client, pump = ws
+    client.sendMessage(frame)
+    client.send_json({"type": "subscribe", "channel": "pub.ok"})
+    pump.flush()
+    assert client.received[0]["type"] == "error"
+    assert client.received[0]["code"] == code
+    assert client.received[0]["message"]
+    assert client.received[1] == {
+        "type": "subscribed",
+        "channel": "pub.ok",
+        "ts": client.received[1]["ts"],
+    }
+
+
+def test_subscription_limit_error(ws):
+    hub, clock, client, pump = ws
+    hub.max_subscriptions = 2
+    for name in ("pub.1", "pub.2", "pub.3"):
+        client.send_json({"type": "subscribe", "channel": name})
+    pump.flush()
+    assert [m.get("code") for m in client.received] == [None, None, "limit"]
+
+
+def test_binary_frame_closes_with_1003(ws):
+    hub, clock, client, pump = ws
+    client.sendMessage(b"\x00\x01", isBinary=True)
+    pump.flush()
+    assert client.closed == 1003
+
+
+def test_closing_forgets_the_subscriptions(ws):
+    hub, clock, client, pump = ws
+    client.send_json({"type": "subscribe", "channel": "pub.a"})
+    pump.flush()
+    assert hub.stats()["subscriptions"] == 1
+    client.sendClose(1000)
+    pump.flush()
+    assert hub.stats()["subscriptions"] == 0
+    publish(hub, "pub.a", 1)
