@@ -1,0 +1,21 @@
+# Shared by scripts/*.sh: the project's virtualenv and system packages.
+VENV="${TWISTEDPUSH_VENV:-$PWD/.venv}"
+PYTHON="${PYTHON:-python3}"
+
+ensure_venv() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    echo "== creating $VENV"
+    "$PYTHON" -m venv "$VENV"
+  fi
+}
+
+# apt_install PACKAGE COMMAND: install a Debian package when COMMAND is missing.
+apt_install() {
+  if ! command -v "$2" >/dev/null 2>&1; then
+    echo "== installing $1 (apt-get)"
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$1" >/dev/null
+  fi
+}

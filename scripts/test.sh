@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install everything the tests need and run every test: lint, unit, integration.
+# Usage: bash scripts/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/env.sh
+
+ensure_venv
+echo "== installing twistedpush and test tools into .venv (developer install)"
+"$VENV/bin/pip" install --quiet --disable-pip-version-check \
+  --config-settings editable_mode=compat -e ".[test]"
+
+echo "== ruff"
+"$VENV/bin/ruff" check .
+"$VENV/bin/ruff" format --check .
+
+echo "== pytest"
+exec "$VENV/bin/python" -m pytest "$@"

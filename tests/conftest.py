@@ -1,0 +1,111 @@
+"""Fixtures that start real push server processes on free ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def twistd() -> str:
+    found = shutil.which("twistd", path=str(Path(sys.executable).parent)) or shutil.which("twistd")
+    assert found, "twistd is not installed next to this Python"
+    return found
+
+
+class PushServer:
+    """``twistd -n serverpush`` in a child process, on ports of its own."""
+
+    def __init__(self, workdir: Path, *args: str) -> None:
+        self.workdir = workdir
+        self.args = list(args)
+        self.port = free_port()
+        self.notifier_port = free_port()
+        self.process: subprocess.Popen | None = None
+        self.log = workdir / f"serverpush-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def start(self) -> PushServer:
+        command = [
+            twistd(), "--pidfile=", "-n", "serverpush",
+            "--port", f"tcp:{self.port}:interface=127.0.0.1",
+            "--notifier", f"tcp:{self.notifier_port}:interface=127.0.0.1",
+            *self.args,
+        ]  # fmt: skip
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                command, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, env=env
+            )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"push server exited: {self.log.read_text()}")
+            try:
+                self.health()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"push server did not come up: {self.log.read_text()}")
+
+    def health(self) -> dict:
+        with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+            return json.load(response)
+
+    def wait_for(self, predicate, what: str, timeout: float = 10) -> None:
+        """Wait until /health satisfies ``predicate`` (readiness, not timing)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(self.health()):
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"timed out waiting for {what}: {self.health()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def push_server(tmp_path: Path) -> Iterator:
+    """A factory: ``push_server(*options)`` starts a server, stopped after the test."""
+    servers: list[PushServer] = []
+
+    def start(*args: str) -> PushServer:
+        server = PushServer(tmp_path, *args).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
