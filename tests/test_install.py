@@ -36,8 +36,8 @@ def test_pip_install_into_a_fresh_venv(tmp_path):
     )
     out = plugin_help(str(target / "bin" / "twistd"), tmp_path)
     assert "--notifier" in out
-    site = subprocess.run(
-        [python, "-c", "import twisted.plugins, os; print(os.listdir(twisted.plugins.__path__[0]))"],
-        capture_output=True, text=True, check=True, cwd=tmp_path,
-    ).stdout  # fmt: skip
-    assert "serverpush_plugin.py" in site
+    listing = "import os, twisted.plugins as p; print(os.listdir(p.__path__[0]))"
+    installed = subprocess.run(
+        [python, "-c", listing], capture_output=True, text=True, check=True, cwd=tmp_path
+    ).stdout
+    assert "serverpush_plugin.py" in installed
