@@ -16,12 +16,13 @@ from twisted.protocols import amp
 
 from twistedpush.access import check_channel, check_name
 from twistedpush.commands import CHUNK, CurrentTimestamp, SendUpdate, SendUpdates
-from twistedpush.errors import BadChannel, BadData, PushError, TooLarge
+from twistedpush.errors import BadChannel, BadData, PushError, TooLarge, Unavailable
 
 ERRORS: dict[bytes, type[PushError]] = {
     b"BAD_CHANNEL": BadChannel,
     b"BAD_DATA": BadData,
     b"TOO_LARGE": TooLarge,
+    b"UNAVAILABLE": Unavailable,
 }
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from twisted.protocols import amp
 
-from twistedpush.errors import BadChannel, BadData, TooLarge
+from twistedpush.errors import BadChannel, BadData, TooLarge, Unavailable
 
 CHUNK = 0xFFFF
 """AMP's limit on one value; longer data goes on in ``data.2``, ``data.3``, ..."""
@@ -56,6 +56,7 @@ PUBLISH_ERRORS: dict[type[Exception], bytes] = {
     BadChannel: b"BAD_CHANNEL",
     BadData: b"BAD_DATA",
     TooLarge: b"TOO_LARGE",
+    Unavailable: b"UNAVAILABLE",
 }
 
 
@@ -87,3 +88,4 @@ class CurrentTimestamp(amp.Command):
     commandName = b"CurrentTimestamp"
     arguments: list = []
     response = [(b"ts", amp.Integer())]
+    errors = {Unavailable: b"UNAVAILABLE"}

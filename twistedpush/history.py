@@ -58,9 +58,11 @@ Publication = tuple[str, "str | None", str]
 class IHistoryStore(Interface):
     """Keeps each channel's recent updates and tells the hub of new ones."""
 
-    def start(on_update: Callable[[Update], None]) -> Deferred:
+    def start(on_update: Callable[[Update], None], on_resync: Callable[[str], None]) -> Deferred:
         """Begin; ``on_update`` is then called, in ``ts`` order, for every update
-        published to a watched channel (through this node or any other)."""
+        published to a watched channel (through this node or any other), and
+        ``on_resync`` for a watched channel whose updates may have been lost in
+        transit (they are still in history)."""
 
     def stop() -> Deferred:
         """Release connections and timers."""
@@ -70,7 +72,9 @@ class IHistoryStore(Interface):
 
     def replay(channel: str, since: int | None) -> Deferred:
         """Fire with a :class:`Replay` of ``channel`` after ``since``
-        (``None``: nothing, only the current position)."""
+        (``None``: nothing, only the current position).  For a watched channel
+        the snapshot is taken only once its updates are being delivered, so
+        every later update reaches ``on_update``."""
 
     def now() -> Deferred:
         """Fire with a position: every update at or before it has been stored."""
@@ -138,7 +142,10 @@ class MemoryHistory:
         self._sweeper.clock = clock
         self._sweep_interval = sweep_interval
 
-    def start(self, on_update: Callable[[Update], None]) -> Deferred:
+    def start(
+        self, on_update: Callable[[Update], None], on_resync: Callable[[str], None] | None = None
+    ) -> Deferred:
+        """Begin; updates never travel, so nothing ever needs a resync."""
         self._on_update = on_update
         self._sweeper.start(self._sweep_interval, now=False)
         return succeed(None)

@@ -56,13 +56,22 @@ def check_since(since: object) -> int | None:
 
 
 class _Channel:
-    """Local subscribers of one channel: live ones, and those still catching up."""
+    """Local subscribers of one channel.
 
-    __slots__ = ("live", "pending")
+    ``live`` maps each caught-up subscriber to the position it joined at (it has
+    every update up to there); ``pending`` buffers live updates for those still
+    reading their replay; ``resyncing`` buffers them for everyone while the
+    channel is re-read after the store lost updates in transit; ``delivered`` is
+    the last position sent live.
+    """
+
+    __slots__ = ("delivered", "live", "pending", "resyncing")
 
     def __init__(self) -> None:
-        self.live: dict[Subscriber, None] = {}
+        self.live: dict[Subscriber, int] = {}
         self.pending: dict[Subscriber, list[Update]] = {}
+        self.resyncing: list[Update] | None = None
+        self.delivered = 0
 
 
 class Hub:
@@ -85,7 +94,7 @@ class Hub:
         self.updates_out = 0
 
     def start(self) -> Deferred:
-        return self.store.start(self.deliver)
+        return self.store.start(self.deliver, self.resync)
 
     def stop(self) -> Deferred:
         return self.store.stop()
@@ -114,8 +123,12 @@ class Hub:
             return
         for buffered in channel.pending.values():
             buffered.append(update)
+        if channel.resyncing is not None:
+            channel.resyncing.append(update)
+            return
         for subscriber in channel.live:
             subscriber.send_update(update)
+        channel.delivered = update.ts
         self.updates_out += len(channel.live)
 
     # Subscribing
@@ -172,7 +185,51 @@ class Hub:
         for update in live:
             subscriber.send_update(update)
         self.updates_out += len(replay.updates) + len(live)
-        state.live[subscriber] = None
+        state.live[subscriber] = live[-1].ts if live else after
+
+    # Recovering from updates the store lost in transit (Redis pub/sub reconnects)
+
+    def resync(self, name: str) -> None:
+        """Re-read ``name`` from history and give each live subscriber what it missed."""
+        state = self._channels.get(name)
+        if state is None or not state.live or state.resyncing is not None:
+            return
+        state.resyncing = []
+        since = max(state.delivered, min(state.live.values()))
+        self.store.replay(name, since).addCallbacks(
+            self._resynced,
+            self._resync_failed,
+            callbackArgs=(name, state),
+            errbackArgs=(name, state),
+        )
+
+    def _resynced(self, replay: Replay, name: str, state: _Channel) -> None:
+        buffered, state.resyncing = state.resyncing or [], None
+        if replay.reset:
+            self._reset_live(name, state, replay.now)
+        else:
+            for update in replay.updates:
+                for subscriber, joined in state.live.items():
+                    if update.ts > joined:
+                        subscriber.send_update(update)
+                        self.updates_out += 1
+                state.delivered = max(state.delivered, update.ts)
+        for update in buffered:
+            if update.ts > max(replay.now, state.delivered):
+                self.deliver(update)
+
+    def _resync_failed(self, failure: Any, name: str, state: _Channel) -> None:
+        """History could not be read: say so with a reset rather than leave a gap."""
+        buffered, state.resyncing = state.resyncing or [], None
+        now = max([state.delivered, *(u.ts for u in buffered)])
+        self._reset_live(name, state, now)
+
+    def _reset_live(self, name: str, state: _Channel, now: int) -> None:
+        for subscriber in state.live:
+            subscriber.send_reset(name, now)
+            subscriber.send_subscribed(name, now)
+            state.live[subscriber] = now
+        state.delivered = max(state.delivered, now)
 
     def _replay_failed(
         self,
