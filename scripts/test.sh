@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 
+# Integration tests start their own redis-server on a free port: it must be installed.
+apt_install redis-server redis-server
+
 ensure_venv
 echo "== installing twistedpush and test tools into .venv (developer install)"
 "$VENV/bin/pip" install --quiet --disable-pip-version-check \

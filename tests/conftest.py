@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,11 +81,16 @@ class PushServer:
     def wait_for(self, predicate, what: str, timeout: float = 10) -> None:
         """Wait until /health satisfies ``predicate`` (readiness, not timing)."""
         deadline = time.monotonic() + timeout
+        health: dict = {}
         while time.monotonic() < deadline:
-            if predicate(self.health()):
+            try:
+                health = self.health()
+            except urllib.error.HTTPError as e:  # 503 while the store is away
+                health = json.load(e)
+            if predicate(health):
                 return
             time.sleep(0.02)
-        raise AssertionError(f"timed out waiting for {what}: {self.health()}")
+        raise AssertionError(f"timed out waiting for {what}: {health}")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process and self.process.poll() is None:
@@ -109,3 +115,53 @@ def push_server(tmp_path: Path) -> Iterator:
     yield start
     for server in servers:
         server.stop()
+
+
+class RedisServer:
+    """A real ``redis-server`` of the test's own, on a free port."""
+
+    def __init__(self, workdir: Path, persist: bool = True) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed (apt-get install -y redis-server)")
+        self.binary = binary
+        self.workdir = workdir
+        self.persist = persist
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persist else [
+            "--appendonly", "no"
+        ]  # fmt: skip
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--dir", str(self.workdir), *persistence],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(10)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop(signal.SIGKILL)

@@ -195,3 +195,72 @@ def test_exactly_one_mebibyte_is_accepted():
     hub = make_hub()
     data = '"' + "x" * (MAX_DATA - 2) + '"'
     assert len(fired(hub.publish([("ok", None, data)]))) == 1
+
+
+class LossyStore(SlowReplayStore):
+    """A store whose deliveries can be dropped in transit, as Redis pub/sub's are on a reconnect."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.dropping = False
+
+    def start(self, on_update, on_resync=None):
+        self.resync = on_resync
+        return super().start(lambda u: None if self.dropping else on_update(u))
+
+
+def lossy_hub():
+    clock = make_clock()
+    store = LossyStore(clock, size=5)
+    hub = Hub(store, AccessPolicy(None, ["*"]), clock)
+    hub.start()
+    return hub, store
+
+
+def test_resync_fills_the_gap_of_lost_deliveries_once():
+    hub, store = lossy_hub()
+    early, late = Recorder(), Recorder()
+    hub.subscribe(early, "room")
+    store.release()
+    publish(hub, "room", 1)
+    store.dropping = True
+    publish(hub, "room", 2)  # lost in transit for both
+    hub.subscribe(late, "room")  # its replay will hold 2 already
+    store.release()
+    publish(hub, "room", 3)  # lost too
+    store.dropping = False
+    store.resync("room")
+    publish(hub, "room", 4)  # arrives live while the resync reads history
+    store.release()
+    publish(hub, "room", 5)
+    assert early.data() == [1, 2, 3, 4, 5]
+    assert late.data() == [3, 4, 5]
+
+
+def test_resync_past_the_horizon_resets_live_subscribers():
+    hub, store = lossy_hub()
+    sub = Recorder()
+    hub.subscribe(sub, "room")
+    store.release()
+    store.dropping = True
+    publish(hub, "room", *range(10))  # more than the history keeps
+    store.dropping = False
+    store.resync("room")
+    store.release()
+    publish(hub, "room", "after")
+    assert sub.types() == ["subscribed", "reset", "subscribed", "update"]
+    assert sub.data() == ["after"]
+
+
+def test_resync_that_cannot_read_history_resets():
+    from twisted.internet.defer import fail
+
+    from twistedpush.errors import Unavailable
+
+    hub, store = lossy_hub()
+    sub = Recorder()
+    hub.subscribe(sub, "room")
+    store.release()
+    store.replay = lambda channel, since: fail(Unavailable("down"))
+    store.resync("room")
+    assert sub.types() == ["subscribed", "reset", "subscribed"]

@@ -85,6 +85,9 @@ class IHistoryStore(Interface):
     def unwatch(channel: str) -> None:
         """The hub's last local subscriber of ``channel`` left."""
 
+    def healthy() -> bool:
+        """Whether the store can take updates now (for /health)."""
+
     def stats() -> dict:
         """Counts for /health."""
 
@@ -209,6 +212,9 @@ class MemoryHistory:
 
     def unwatch(self, channel: str) -> None:
         """Every update is delivered in this process already."""
+
+    def healthy(self) -> bool:
+        return True
 
     def stats(self) -> dict:
         return {

@@ -227,6 +227,8 @@ class RedisHistory:
             convertNumbers=False,
         )
         self._listener_factory = _ListenerFactory(self, self._password)
+        for factory in (self._commands._factory, self._listener_factory):
+            factory.initialDelay, factory.maxDelay = 0.2, 2  # be back soon after Redis is
         self._listener_factory.startConnecting(self._endpoint())
         self._sweeper.start(self._sweep_interval, now=False)
         return succeed(None)
@@ -354,13 +356,13 @@ class RedisHistory:
             if isinstance(state, list):
                 self._release(state, Unavailable("Redis pub/sub connection lost"))
 
-    def _connected(self) -> bool:
+    def healthy(self) -> bool:
         commands = self._commands._factory.size if self._commands is not None else 0
         return bool(commands and self._listener is not None)
 
     def stats(self) -> dict:
         return {
             "store": "redis",
-            "redis_connected": self._connected(),
+            "redis_connected": self.healthy(),
             "watched_channels": len(self._watched),
         }

@@ -41,8 +41,11 @@ class HealthResource(Resource):
     def render_GET(self, request: server.Request) -> bytes:
         request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Cache-Control", b"no-store")
+        healthy = self.hub.store.healthy()
+        if not healthy:
+            request.setResponseCode(503)
         report = {
-            "status": "ok",
+            "status": "ok" if healthy else "unavailable",
             "connections": {
                 "websocket": self.websockets.connections,
                 "longpoll": self.polls.active,

@@ -1,0 +1,179 @@
+"""Redis history and fan-out between nodes, against a real redis-server."""
+
+import json
+import signal
+import threading
+import time
+
+import pytest
+from websockets.sync.client import connect
+
+from tests.conftest import RedisServer
+from twistedpush.client import PushClient
+from twistedpush.errors import Unavailable
+
+pytestmark = pytest.mark.integration
+
+
+class Collector:
+    """A WebSocket client in a thread, recording every message of one channel."""
+
+    def __init__(self, node, channel, since=None):
+        self.messages = []
+        self.ws = None
+        subscribe = {"type": "subscribe", "channel": channel, "since": since}
+        self.thread = threading.Thread(target=self._run, args=(node, subscribe), daemon=True)
+        self.thread.start()
+        self.wait(lambda: any(m["type"] == "subscribed" for m in self.messages), "subscribed")
+
+    def _run(self, node, subscribe):
+        try:
+            with connect(node.ws_url) as self.ws:
+                self.ws.send(json.dumps(subscribe))
+                for frame in self.ws:
+                    self.messages.append(json.loads(frame))
+        except Exception:
+            pass
+
+    def updates(self):
+        return [m for m in self.messages if m["type"] == "update"]
+
+    def wait(self, predicate, what, timeout=20):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"timed out waiting for {what}: {self.messages[-5:]}")
+
+    def wait_updates(self, count):
+        self.wait(lambda: len(self.updates()) >= count, f"{count} updates")
+        return self.updates()
+
+    def close(self):
+        self.ws.close()
+
+
+def nodes(push_server, redis, count=2, *extra):
+    return [push_server("--public", "*", "--redis", redis.url, *extra) for _ in range(count)]
+
+
+def publish_retrying(client, channel, value, deadline=30):
+    """Publish, retrying while Redis is away; return the acknowledged ts."""
+    end = time.monotonic() + deadline
+    while True:
+        try:
+            return client.send_update(channel, value)
+        except Unavailable:
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.05)
+
+
+def test_two_nodes_act_as_one(push_server, redis_server):
+    a, b = nodes(push_server, redis_server)
+    pub_a, pub_b = PushClient(port=a.notifier_port), PushClient(port=b.notifier_port)
+    since = pub_a.current_timestamp()
+    on_a, on_b = Collector(a, "room"), Collector(b, "room")
+    stamps = []
+    for i in range(20):
+        stamps.append((pub_a if i % 2 else pub_b).send_update("room", i))
+    assert stamps == sorted(stamps) and len(set(stamps)) == 20  # one clock for both nodes
+    for collector in (on_a, on_b):
+        got = collector.wait_updates(20)
+        assert [(u["ts"], u["data"]) for u in got] == list(zip(stamps, range(20), strict=True))
+    late = Collector(b, "room", since=since)  # catch-up on B of what went through both
+    assert [u["data"] for u in late.wait_updates(20)] == list(range(20))
+    assert b.health()["store"] == "redis"
+
+
+def test_same_horizon_and_reset_as_memory(push_server, redis_server):
+    (node,) = nodes(push_server, redis_server, 1, "--history-size", "3")
+    pub = PushClient(port=node.notifier_port)
+    stamps = [pub.send_update("c", i) for i in range(5)]
+    assert [u["data"] for u in Collector(node, "c", since=stamps[1]).wait_updates(3)] == [2, 3, 4]
+    reset = Collector(node, "c", since=stamps[1] - 1)
+    assert [m["type"] for m in reset.messages[:2]] == ["reset", "subscribed"]
+    fresh = Collector(node, "never-used", since=stamps[0] - 10**9)  # before the store began
+    assert fresh.messages[0]["type"] == "reset"
+
+
+def test_acknowledged_updates_survive_a_node_killed_with_sigkill(push_server, redis_server):
+    a, b = nodes(push_server, redis_server)
+    pub = PushClient(port=a.notifier_port)
+    since = pub.current_timestamp()
+    stamps = [pub.send_update("k", i) for i in range(50)]
+    a.stop(signal.SIGKILL)
+    got = Collector(b, "k", since=since).wait_updates(50)
+    assert [u["ts"] for u in got] == stamps
+
+
+def test_node_restart_client_catches_up(push_server, redis_server):
+    a, b = nodes(push_server, redis_server)
+    pub = PushClient(port=a.notifier_port)
+    first = Collector(b, "n")
+    pub.send_update("n", "before")
+    last_seen = first.wait_updates(1)[-1]["ts"]
+    b.stop(signal.SIGKILL)
+    missed = [pub.send_update("n", f"while-down-{i}") for i in range(10)]
+    b.start()
+    again = Collector(b, "n", since=last_seen)
+    assert [u["ts"] for u in again.wait_updates(10)] == missed
+
+
+def test_redis_restarted_mid_stream_loses_nothing(push_server, redis_server):
+    a, b = nodes(push_server, redis_server)
+    pub = PushClient(port=a.notifier_port, timeout=10)
+    watcher = Collector(b, "s", since=pub.current_timestamp())
+    acked = []
+    for i in range(200):
+        if i == 80:
+            redis_server.stop(signal.SIGKILL)
+            with pytest.raises(Unavailable):
+                pub.send_update("s", "refused")
+            redis_server.start()  # same port, same append-only file
+        acked.append(publish_retrying(pub, "s", i))
+    got = watcher.wait_updates(200)
+    assert [u["ts"] for u in got] == acked, "each acknowledged update once, in order"
+    assert [u["data"] for u in got] == list(range(200))
+
+
+def test_redis_data_lost_gives_an_explicit_reset(push_server, tmp_path):
+    redis = RedisServer(tmp_path, persist=False).start()
+    try:
+        a, b = nodes(push_server, redis)
+        pub = PushClient(port=a.notifier_port)
+        watcher = Collector(b, "gone", since=pub.current_timestamp())
+        pub.send_update("gone", 1)
+        watcher.wait_updates(1)
+        redis.stop(signal.SIGKILL)
+        redis.start()  # empty: history is really gone
+        publish_retrying(pub, "gone", 2)
+        watcher.wait(
+            lambda: (
+                any(m["type"] == "reset" for m in watcher.messages) or len(watcher.updates()) == 2
+            ),
+            "reset or the update",
+        )
+        after = Collector(b, "gone", since=watcher.updates()[0]["ts"])
+        assert after.messages[0]["type"] == "reset", "history older than the restart is gone"
+    finally:
+        redis.stop(signal.SIGKILL)
+
+
+def test_redis_down_send_update_errors_and_health_says_so(push_server, redis_server):
+    (node,) = nodes(push_server, redis_server, 1)
+    pub = PushClient(port=node.notifier_port)
+    pub.send_update("d", 1)
+    redis_server.stop(signal.SIGKILL)
+    with pytest.raises(Unavailable):
+        pub.send_update("d", 2)
+    with pytest.raises(Unavailable):
+        pub.send_updates([("d", 3), ("d", 4)])
+    import urllib.error
+
+    with pytest.raises(urllib.error.HTTPError) as status:
+        node.health()
+    assert status.value.code == 503
+    redis_server.start()
+    assert publish_retrying(pub, "d", 5)
