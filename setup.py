@@ -7,7 +7,15 @@ Twisted's own), so the plugin is listed as a single module of that package.
 from setuptools import find_packages, setup
 
 setup(
-    packages=find_packages(include=["twistedpush", "twistedpush.*", "django_adapter*"]),
+    packages=[
+        *find_packages(include=["twistedpush", "twistedpush.*", "django_adapter*"]),
+        "twistedpush.static",
+    ],
+    # The browser client lives in the checkout's static/ and ships inside twistedpush.
+    package_dir={"twistedpush.static": "static/serverpush"},
+    package_data={
+        "twistedpush.static": ["*.js"],
+        "django_adapter": ["templates/*/*.html", "migrations/*.py"],
+    },
     py_modules=["twisted.plugins.serverpush_plugin"],
-    include_package_data=True,
 )

@@ -5,8 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 
-# Integration tests start their own redis-server on a free port: it must be installed.
+# Integration tests start their own redis-server on a free port, and browser tests
+# drive Debian's chromium: both must be installed (tests fail, never skip, without them).
 apt_install redis-server redis-server
+apt_install chromium chromium
 
 ensure_venv
 echo "== installing twistedpush and test tools into .venv (developer install)"

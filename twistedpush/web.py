@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.interfaces import IReactorTime
 from twisted.web import server
 from twisted.web.resource import Resource
+from twisted.web.static import File
 
 from twistedpush.hub import Hub
 from twistedpush.longpoll import PollResource
 from twistedpush.websocket import PushWebSocketFactory
+
+
+def client_script() -> Path:
+    """The browser client: packaged beside this module by ``pip install``, or in a checkout's
+    top-level ``static/`` (the developer install runs from the checkout)."""
+    installed = Path(__file__).with_name("static") / "serverpush.js"
+    if installed.exists():
+        return installed
+    return Path(__file__).resolve().parent.parent / "static" / "serverpush" / "serverpush.js"
 
 
 class BoundedRequest(server.Request):
@@ -71,6 +82,10 @@ def make_site(
     root.putChild(b"ws", WebSocketResource(websockets))
     root.putChild(b"poll", polls)
     root.putChild(b"health", HealthResource(hub, clock, websockets, polls))
+    static = Resource()
+    script = File(str(client_script()), defaultType="application/javascript")
+    static.putChild(b"serverpush.js", script)
+    root.putChild(b"static", static)
     site = server.Site(root)
     site.requestFactory = type("Request", (BoundedRequest,), {"max_body": max_body})
     site.displayTracebacks = False

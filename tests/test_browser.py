@@ -1,0 +1,315 @@
+"""The demo in a real browser: Debian's chromium driven by Playwright."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, RedisServer, free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
+CHROMIUM = "/usr/bin/chromium"
+DEMO = ROOT / "demo_site"
+
+
+class DemoSite:
+    """The demo as the README runs it: migrate, runserverpush, runserver."""
+
+    def __init__(self, workdir: Path, redis_url: str | None = None) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "DEMO_DB": str(workdir / "demo.sqlite3"),
+            "DEMO_PUSH_PORT": str(free_port()),
+            "DEMO_NOTIFIER_PORT": str(free_port()),
+            "DEMO_HISTORY_SIZE": "100",
+            "DEMO_REDIS_URL": redis_url or "",
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.push: subprocess.Popen | None = None
+        self.django: subprocess.Popen | None = None
+        self.manage("migrate", "-v0")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def push_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['DEMO_PUSH_PORT']}"
+
+    def manage(self, *args: str) -> None:
+        subprocess.run([sys.executable, "manage.py", *args], cwd=DEMO, env=self.env, check=True)
+
+    def _spawn(self, name: str, *args: str) -> subprocess.Popen:
+        log = open(self.workdir / f"{name}.log", "ab")  # closed with the process
+        return subprocess.Popen(
+            [sys.executable, "manage.py", *args], cwd=DEMO, env=self.env, stdout=log, stderr=log
+        )
+
+    def start_push(self) -> None:
+        self.push = self._spawn("push", "runserverpush")
+        wait_http(f"{self.push_url}/health")
+
+    def stop_push(self) -> None:
+        if self.push and self.push.poll() is None:
+            self.push.send_signal(signal.SIGKILL)
+            self.push.wait(10)
+
+    def start(self) -> DemoSite:
+        self.start_push()
+        self.django = self._spawn("django", "runserver", f"127.0.0.1:{self.port}", "--noreload")
+        wait_http(f"{self.url}/login/")
+        return self
+
+    def visit(self, path: str = "/") -> str:
+        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+            return response.read().decode()
+
+    def stop(self) -> None:
+        self.stop_push()
+        if self.django and self.django.poll() is None:
+            self.django.terminate()
+            self.django.wait(10)
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+@pytest.fixture
+def demo(tmp_path):
+    site = DemoSite(tmp_path).start()
+    yield site
+    site.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM) or shutil.which("chromium") is None:
+        pytest.fail("Debian chromium is not installed (apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync"],
+        )  # fmt: skip
+        yield instance
+        instance.close()
+
+
+@pytest.fixture
+def context(browser):
+    context = browser.new_context()
+    yield context
+    context.close()
+
+
+def counter(page) -> int:
+    return int(page.text_content("#counter"))
+
+
+def wait_counter(page, value: int) -> None:
+    page.wait_for_function(
+        f"document.getElementById('counter').textContent === '{value}'", timeout=15000
+    )
+
+
+def test_two_pages_see_the_counter_live(demo, context):
+    first, second = context.new_page(), context.new_page()
+    first.goto(demo.url)
+    start = counter(first)
+    first.wait_for_function("ServerPush.state === 'websocket'")
+    second.goto(demo.url)
+    assert counter(second) == start + 1
+    wait_counter(first, start + 1)
+    demo.visit("/")
+    wait_counter(first, start + 2)
+    wait_counter(second, start + 2)
+
+
+class StaleHTML:
+    """Serves HTML that Django rendered earlier, from loopback like the demo itself."""
+
+    def __init__(self, html: str) -> None:
+        body = html.encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_page_rendered_before_an_update_catches_up_on_load(demo, context):
+    html = demo.visit("/")  # rendered now, reaching the browser later
+    rendered = int(html.split('id="counter">')[1].split("<")[0])
+    stale = StaleHTML(html)
+    try:
+        page = context.new_page()
+        demo.visit("/")
+        demo.visit("/")  # two updates published before the page loads
+        page.goto(stale.url)
+        wait_counter(page, rendered + 2)
+    finally:
+        stale.close()
+
+
+def test_long_poll_when_websocket_is_blocked(demo, context):
+    page = context.new_page()
+    page.add_init_script("window.WebSocket = function () { throw new Error('blocked'); };")
+    page.goto(demo.url)
+    start = counter(page)
+    page.wait_for_function("ServerPush.state === 'longpoll'")
+    demo.visit("/")
+    wait_counter(page, start + 1)
+    demo.visit("/")
+    wait_counter(page, start + 2)
+
+
+def test_push_server_restart_without_history_resets_the_page(demo, context):
+    page = context.new_page()
+    page.goto(demo.url)
+    page.wait_for_function("ServerPush.state === 'websocket'")
+    page.evaluate("window.beforeRestart = true")
+    demo.stop_push()
+    missed = counter(page) + 1
+    demo.visit("/")  # published nowhere: the push server is down
+    demo.start_push()  # memory history: everything before this is gone
+    page.wait_for_function("window.beforeRestart === undefined", timeout=20000)  # reloaded
+    page.wait_for_function("typeof ServerPush !== 'undefined'")
+    assert counter(page) >= missed
+
+
+def test_push_server_restart_with_redis_catches_up_without_reload(tmp_path, context):
+    redis = RedisServer(tmp_path).start()
+    site = DemoSite(tmp_path, redis.url).start()
+    try:
+        page = context.new_page()
+        page.goto(site.url)
+        page.wait_for_function("ServerPush.state === 'websocket'")
+        page.evaluate("window.beforeRestart = true")
+        start = counter(page)
+        site.stop_push()
+        site.start_push()
+        site.visit("/")
+        site.visit("/")
+        wait_counter(page, start + 2)
+        assert page.evaluate("window.beforeRestart") is True  # caught up, no reload
+    finally:
+        site.stop()
+        redis.stop(signal.SIGKILL)
+
+
+def login(context, site, name):
+    page = context.new_page()
+    page.goto(site.url + "/login/")
+    page.fill("#id_username", name)
+    page.fill("#id_password", "demo")
+    page.click("#login")
+    page.wait_for_url(site.url + "/me/")
+    return page
+
+
+def test_each_user_sees_only_their_own_updates(demo, browser):
+    alice_context, bob_context = browser.new_context(), browser.new_context()
+    try:
+        alice, bob = login(alice_context, demo, "alice"), login(bob_context, demo, "bob")
+        for page in (alice, bob):
+            page.wait_for_function("ServerPush.state === 'websocket'")
+            page.evaluate(
+                "window.scores = [];"
+                "document.addEventListener('serverpush_score', e => scores.push(e.detail));"
+            )
+        bob_points = bob.text_content("#points")
+        alice.click("#bump button")
+        alice.wait_for_function("document.getElementById('points').textContent === '1'")
+        alice_again = alice_context.new_page()
+        alice_again.goto(demo.url + "/me/")
+        alice_again.wait_for_function("ServerPush.state === 'websocket'")
+        alice.click("#bump button")
+        alice_again.wait_for_function("document.getElementById('points').textContent === '2'")
+        bob.click("#bump button")
+        bob.wait_for_function("document.getElementById('points').textContent === '1'")
+        assert alice.text_content("#points") == "2"
+        assert bob.text_content("#points") == str(int(bob_points) + 1)
+        assert {score["for"] for score in alice.evaluate("scores")} == {"alice"}
+        assert bob.evaluate("scores") == [{"points": int(bob_points) + 1, "for": "bob"}]
+    finally:
+        alice_context.close()
+        bob_context.close()
+
+
+def test_chat_through_send_update(demo, context):
+    reader, writer = context.new_page(), context.new_page()
+    reader.goto(demo.url + "/chat/")
+    writer.goto(demo.url + "/chat/")
+    reader.wait_for_function("ServerPush.state === 'websocket'")
+    writer.fill("#text", "hello from the other tab")
+    writer.click("#say button")
+    reader.wait_for_selector("text=hello from the other tab")
+    assert reader.locator("#messages li").count() == writer.locator("#messages li").count()
+
+
+def test_seed_jquery_bindings_work_unchanged(demo, context):
+    import jquery
+
+    jquery_js = Path(jquery.__file__).parent / "static" / "js" / "jquery.min.js"
+    page = context.new_page()
+    page.goto(demo.url)
+    page.add_script_tag(path=str(jquery_js))
+    page.evaluate(
+        """() => {
+        window.seen = [];
+        $(document).bind('serverpush_counter', function (event, data) { seen.push(data.value); });
+        $.updates = ServerPush.updates;
+        $.updates.subscribe('demo.jq');
+        $.updates.registerProcessor('demo.jq', 'note', function (data) { seen.push(data.text); });
+    }"""
+    )
+    page.wait_for_function("ServerPush.state === 'websocket'")
+    start = counter(page)
+    demo.visit("/")
+    page.wait_for_function(f"seen.indexOf({start + 1}) >= 0")
+    from twistedpush.client import PushClient
+
+    PushClient(port=int(demo.env["DEMO_NOTIFIER_PORT"])).send_update(
+        "demo.jq", {"type": "note", "text": "processed"}
+    )
+    page.wait_for_function("seen.indexOf('processed') >= 0")
+    assert page.evaluate(f"seen.filter(v => v === {start + 1}).length") == 1

@@ -1,0 +1,285 @@
+"""The Django adapter: specs, matching, serialization, tokens, transactions, positions."""
+
+import json
+import time
+
+import pytest
+from demo.models import ChatMessage, Counter, Score
+from demo.views import score_for_page
+from django.contrib.auth.models import AnonymousUser, User
+from django.core.exceptions import ImproperlyConfigured
+from django.db import transaction
+from django.template import Context, Template
+from django.test import RequestFactory
+
+from django_adapter import conf, send_update, send_updates, updates
+from django_adapter.apps import check_settings
+from django_adapter.client import PushServerUnavailable, get_client
+from django_adapter.middleware import ServerPushMiddleware
+from django_adapter.models import PageGroup
+from twistedpush.access import AccessPolicy, sign_token
+
+
+def user(name):
+    return User.objects.get_or_create(username=name)[0]
+
+
+def module_level_serializer(request, obj, data):
+    return {"text": obj.text, "viewer": request.user.username, "extra": data}
+
+
+@pytest.fixture
+def push(push_server, settings):
+    """A real push server, with Django's settings pointing at it."""
+    server = push_server("--public", "*")
+    settings.SERVERPUSH_NOTIFIER_PORT = server.notifier_port
+    settings.SERVERPUSH_PORT = server.port
+    yield server
+    get_client().close()
+
+
+def poll(server, channel, since):
+    import urllib.request
+
+    body = json.dumps({"subscriptions": [{"channel": channel, "since": since}], "timeout": 0})
+    request = urllib.request.Request(f"{server.url}/poll", data=body.encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)["messages"]
+
+
+# Specs
+
+
+def test_parse_spec_accepts_the_seed_forms():
+    spec = updates.parse_spec(
+        {
+            "name": "username_change",
+            "model": User,
+            "params": {"pk": 3},
+            "data": {"username": "object.username"},
+        },
+        "here",
+    )
+    assert (spec.label, spec.params, spec.serializer) == ("auth.user", {"pk": 3}, "")
+    by_function = updates.parse_spec(
+        {"name": "s", "model": Score, "serializer": score_for_page}, "here"
+    )
+    assert by_function.serializer == "demo.views.score_for_page"
+    assert updates.parse_spec(
+        {"name": "v", "model": Score, "serializer": "me"}, "x"
+    ).serializer == ("view:me")
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        ("nope", "must be a dict"),
+        ({"name": "bad name", "model": User}, "'name'"),
+        ({"name": "x", "model": "auth.User"}, "model class"),
+        ({"name": "x", "model": User, "params": [1]}, "'params'"),
+        ({"name": "x", "model": User, "params": {"pk": object()}}, "plain values"),
+        ({"name": "x", "model": User, "serializer": lambda r, o, d: 1}, "module level"),
+        ({"name": "x", "model": User, "colour": "red"}, "unknown spec keys"),
+    ],
+)
+def test_bad_specs_are_explained(raw, words):
+    with pytest.raises(ImproperlyConfigured, match=words):
+        updates.parse_spec(raw, "demo.views.x_update")
+
+
+# Matching
+
+
+@pytest.mark.django_db
+def test_python_matching_of_plain_lookups_and_database_matching_of_the_rest():
+    alice = user("alice")
+    score = Score.objects.create(user=alice, points=5)
+    assert updates._python_match(score, {"user": alice.pk}) is True
+    assert updates._python_match(score, {"user": str(alice.pk)}) is True
+    assert updates._python_match(score, {"pk": score.pk + 1}) is False
+    assert updates._python_match(score, {"points__gte": 3}) is None
+    page = RequestFactory().get("/")
+    page.user = alice
+    for params, expected in [
+        ({"user": alice.pk}, True),
+        ({"points__gte": 3}, True),
+        ({"points__gte": 6}, False),
+        ({"user__username": "bob"}, False),
+    ]:
+        PageGroup.objects.all().delete()
+        spec = updates.parse_spec({"name": "s", "model": Score, "params": params}, "t")
+        updates.register([spec], alice)
+        assert bool(updates.matching_groups(score)) is expected, params
+
+
+@pytest.mark.django_db
+def test_one_group_per_user_and_spec():
+    alice, bob = user("alice"), user("bob")
+    spec = updates.parse_spec({"name": "counter", "model": Counter, "params": {"pk": 1}}, "t")
+    a1 = updates.register([spec], alice)
+    a2 = updates.register([spec], alice)
+    b = updates.register([spec], bob)
+    anonymous = updates.register([spec], AnonymousUser())
+    assert a1 == a2 and a1 != b and anonymous not in (a1, b)
+    assert PageGroup.objects.count() == 3
+
+
+# Serialization: each group's data for its own user only
+
+
+@pytest.mark.django_db
+def test_each_user_gets_data_serialized_for_them():
+    alice, bob = user("alice"), user("bob")
+    message = ChatMessage.objects.create(author="carol", text="hi")
+    spec = updates.parse_spec(
+        {
+            "name": "m",
+            "model": ChatMessage,
+            "params": {},
+            "serializer": module_level_serializer,
+            "data": {"t": "object.text", "k": 1},
+        },
+        "t",
+    )
+    updates.register([spec], alice)
+    updates.register([spec], bob)
+    items = updates.publications(message, updates.matching_groups(message))
+    viewers = {data["viewer"]: channel for channel, data, name in items}
+    assert set(viewers) == {"alice", "bob"} and viewers["alice"] != viewers["bob"]
+    assert items[0][1]["extra"] == {"t": "hi", "k": 1}
+
+
+@pytest.mark.django_db
+def test_data_paths_default_serializer_and_view_serializer():
+    counter = Counter.objects.create(pk=1, value=7)
+    group = PageGroup(data={"v": "object.value", "label": "visits"}, serializer="")
+    assert updates.serialize(group, counter, AnonymousUser()) == {"v": 7, "label": "visits"}
+    group = PageGroup(data=None, serializer="")
+    assert updates.serialize(group, counter, AnonymousUser()) == {"id": 1, "value": 7}
+
+
+# Tokens and the template tags
+
+
+@pytest.mark.django_db
+def test_serverpush_js_renders_config_with_working_tokens(settings):
+    settings.SERVERPUSH_URL = "http://push.example:8013"
+    request = RequestFactory().get("/")
+    request.serverpush = type("S", (), {"since": 123, "channels": [("sp.x.abc", "x")]})()
+    html = Template('{% load serverpush %}{% serverpush_js "demo.chat" "private" %}').render(
+        Context({"request": request})
+    )
+    assert '<div id="generated_timestamp" style="display:none">123</div>' in html
+    assert 'src="http://push.example:8013/static/serverpush.js"' in html
+    config = json.loads(html.split("SERVERPUSH_CONFIG = ", 1)[1].split(";</script>", 1)[0])
+    tokens = {s["channel"]: s["token"] for s in config["subscriptions"]}
+    assert tokens["demo.chat"] is None  # public in the demo settings
+    policy = AccessPolicy(conf.settings.secret)
+    policy.check("private", tokens["private"], time.time())
+    policy.check("sp.x.abc", tokens["sp.x.abc"], time.time())
+
+
+def test_serverpush_token_tag_and_secret_from_settings(settings):
+    settings.SERVERPUSH_SECRET = "explicit"
+    token = Template('{% load serverpush %}{% serverpush_token "room" %}').render(Context({}))
+    expires = int(token.split(".")[0])
+    assert token == sign_token("explicit", "room", expires)
+    assert expires > time.time() + 3600
+
+
+# System checks
+
+
+def test_checks_catch_misconfiguration(settings, monkeypatch):
+    assert check_settings() == []
+    settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if "ServerPush" not in m]
+    settings.SERVERPUSH_GLOBALS = ["no.such.module"]
+    settings.SERVERPUSH_PORT = "8013"
+    settings.SERVERPUSH_REDIS_URL = "http://x"
+    monkeypatch.setitem(settings.DATABASES["default"], "ATOMIC_REQUESTS", True)
+    ids = {message.id for message in check_settings()}
+    assert {
+        "django_adapter.E001",
+        "django_adapter.E006",
+        "django_adapter.E007",
+        "django_adapter.E008",
+        "django_adapter.W001",
+    } <= ids
+
+
+def test_check_context_processor(settings):
+    settings.TEMPLATES = [{**settings.TEMPLATES[0], "OPTIONS": {"context_processors": []}}]
+    ids = {message.id for message in check_settings()}
+    assert {"django_adapter.E003", "django_adapter.E004"} <= ids
+
+
+# Against a real push server
+
+
+@pytest.mark.integration
+def test_send_update_and_batches(push):
+    since = get_client().current_timestamp()
+    ts = send_update("demo.news", {"a": 1}, name="headline")
+    stamps = send_updates([("demo.news", i) for i in range(3)])
+    assert stamps[0] > ts > since
+    assert [m["data"] for m in poll(push, "demo.news", since)] == [{"a": 1}, 0, 1, 2]
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_inside_atomic_sent_on_commit_and_never_on_rollback(push):
+    since = get_client().current_timestamp()
+    with transaction.atomic():
+        assert send_update("demo.tx", "committed") is None
+        assert poll(push, "demo.tx", since) == []
+    with pytest.raises(RuntimeError), transaction.atomic():
+        send_update("demo.tx", "rolled back")
+        raise RuntimeError
+    assert [m["data"] for m in poll(push, "demo.tx", since)] == ["committed"]
+
+
+@pytest.mark.integration
+def test_push_server_down_is_a_clear_error(settings):
+    from tests.conftest import free_port
+
+    settings.SERVERPUSH_NOTIFIER_PORT = free_port()
+    with pytest.raises(PushServerUnavailable, match="unreachable"):
+        send_update("demo.x", 1)
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_model_save_reaches_matching_pages_after_commit(push):
+    request = RequestFactory().get("/")
+    request.user = user("alice")
+    from demo import views
+
+    ServerPushMiddleware(lambda r: None).process_view(request, views.me, (), {})
+    channel = request.serverpush.channels[0][0]
+    since = request.serverpush.since
+    Score.objects.create(user=request.user, points=41)
+    bob_score = Score.objects.create(user=user("bob"), points=1)
+    bob_score.points = 2
+    bob_score.save()
+    messages = poll(push, channel, since)
+    assert [(m["name"], m["data"]) for m in messages] == [("score", {"points": 41, "for": "alice"})]
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("skew", [-2.0, 2.0])
+def test_page_position_comes_from_the_push_server_not_django_clock(push, monkeypatch, skew):
+    """With Django's clock 2 s off, nothing published after the request began is missed."""
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + skew)
+    request = RequestFactory().get("/")
+    request.user = AnonymousUser()
+    from demo import views
+
+    before = send_update("demo.skew", "before the request")
+    ServerPushMiddleware(lambda r: None).process_view(request, views.index, (), {})
+    after = send_update("demo.skew", "after the request began")
+    assert before <= request.serverpush.since < after
+    assert [m["data"] for m in poll(push, "demo.skew", request.serverpush.since)] == [
+        "after the request began"
+    ]
