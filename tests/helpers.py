@@ -34,6 +34,9 @@ def make_hub(
 class Recorder:
     """A subscriber that records what a client would receive, as parsed messages."""
 
+    lasting = True
+    cookie = None
+
     def __init__(self) -> None:
         self.messages: list[dict] = []
 

@@ -283,3 +283,55 @@ def test_page_position_comes_from_the_push_server_not_django_clock(push, monkeyp
     assert [m["data"] for m in poll(push, "demo.skew", request.serverpush.since)] == [
         "after the request began"
     ]
+
+
+# Presence signals
+
+
+@pytest.mark.django_db
+def test_presence_signals_carry_the_browsers_user(client):
+    from django.conf import settings as django_settings
+    from twisted.internet.defer import succeed
+
+    from django_adapter.signals import DjangoPresence, channel_subscribe, channel_unsubscribe
+
+    heard = []
+
+    def receiver(sender, user, channel, **kwargs):
+        heard.append((user.username or "anonymous", channel))
+
+    channel_subscribe.connect(receiver)
+    channel_unsubscribe.connect(receiver)
+    try:
+        user("alice").set_password("demo")
+        client.login(username="alice", password="demo")
+        cookie = f"{django_settings.SESSION_COOKIE_NAME}={client.cookies['sessionid'].value}"
+        presence = DjangoPresence(lambda f, *args: succeed(f(*args)))
+        browser = type("Browser", (), {"cookie": cookie, "lasting": True})()
+        stranger = type("Browser", (), {"cookie": "sessionid=forged", "lasting": True})()
+        presence.joined(browser, "room")
+        presence.left(browser, "room")
+        presence.joined(stranger, "room")
+        assert heard == [("alice", "room"), ("alice", "room"), ("anonymous", "room")]
+    finally:
+        channel_subscribe.disconnect(receiver)
+        channel_unsubscribe.disconnect(receiver)
+
+
+@pytest.mark.integration
+def test_async_views_publish_with_asend_update(push):
+    import asyncio
+
+    from django_adapter import asend_update, asend_updates
+
+    async def view_work():
+        first = await asend_update("demo.async", {"n": 1}, name="tick")
+        rest = await asend_updates([("demo.async", {"n": 2})])
+        return [first, *rest]
+
+    since = get_client().current_timestamp()
+    stamps = asyncio.run(view_work())
+    messages = poll(push, "demo.async", since)
+    assert [(m["ts"], m["data"]) for m in messages] == list(
+        zip(stamps, [{"n": 1}, {"n": 2}], strict=True)
+    )

@@ -264,3 +264,26 @@ def test_resync_that_cannot_read_history_resets():
     store.replay = lambda channel, since: fail(Unavailable("down"))
     store.resync("room")
     assert sub.types() == ["subscribed", "reset", "subscribed"]
+
+
+def test_presence_hears_lasting_subscribers_join_and_leave():
+    hub = make_hub()
+    events = []
+
+    class Listener:
+        def joined(self, subscriber, channel):
+            events.append(("joined", channel))
+
+        def left(self, subscriber, channel):
+            events.append(("left", channel))
+
+    hub.presence.append(Listener())
+    socket, poll = Recorder(), Recorder()
+    poll.lasting = False
+    hub.subscribe(socket, "room")
+    hub.subscribe(poll, "room")
+    hub.unsubscribe(socket, "room")
+    hub.subscribe(socket, "a")
+    hub.drop(socket)
+    hub.drop(poll)
+    assert events == [("joined", "room"), ("left", "room"), ("joined", "a"), ("left", "a")]

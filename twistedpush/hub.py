@@ -21,7 +21,14 @@ MAX_DATA = 1024 * 1024
 
 
 class Subscriber(Protocol):
-    """Whatever receives a channel's messages: a WebSocket, a long-poll request."""
+    """Whatever receives a channel's messages: a WebSocket, a long-poll request.
+
+    ``lasting`` subscribers (WebSockets) stay until they leave, so presence
+    listeners hear of them; a long-poll request is one answer long and does not.
+    """
+
+    lasting: bool
+    cookie: str | None
 
     def send_update(self, update: Update) -> None: ...
 
@@ -74,6 +81,14 @@ class _Channel:
         self.delivered = 0
 
 
+class PresenceListener(Protocol):
+    """Told when a lasting subscriber joins or leaves a channel (Django's signals)."""
+
+    def joined(self, subscriber: Subscriber, channel: str) -> None: ...
+
+    def left(self, subscriber: Subscriber, channel: str) -> None: ...
+
+
 class Hub:
     """Subscriptions and fan-out for one node, over one history store."""
 
@@ -92,6 +107,7 @@ class Hub:
         self._subscriptions: dict[Subscriber, set[str]] = {}
         self.updates_in = 0
         self.updates_out = 0
+        self.presence: list[PresenceListener] = []
 
     def start(self) -> Deferred:
         return self.store.start(self.deliver, self.resync)
@@ -156,6 +172,9 @@ class Hub:
             self.store.watch(name)
         buffered: list[Update] = []
         state.pending[subscriber] = buffered
+        if self.presence and subscriber.lasting:
+            for listener in self.presence:
+                listener.joined(subscriber, name)
         return self.store.replay(name, since).addCallbacks(
             self._replayed,
             self._replay_failed,
@@ -259,6 +278,9 @@ class Hub:
             self._leave(subscriber, name)
 
     def _leave(self, subscriber: Subscriber, name: str) -> None:
+        if self.presence and subscriber.lasting:
+            for listener in self.presence:
+                listener.left(subscriber, name)
         state = self._channels[name]
         if state.pending.pop(subscriber, None) is None:
             del state.live[subscriber]

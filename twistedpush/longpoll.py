@@ -28,6 +28,8 @@ def allow_cross_origin(request: Request) -> None:
 class _Poll:
     """One held request, subscribed to its channels until it answers."""
 
+    lasting = False
+
     def __init__(self, hub: Hub, clock: IReactorTime, request: Request, timeout: float) -> None:
         self.hub = hub
         self.clock = clock
@@ -38,6 +40,11 @@ class _Poll:
         self.caught_up = False
         self.done = False
         self.call: IDelayedCall | None = None
+
+    @property
+    def cookie(self) -> str | None:
+        value = self.request.getHeader(b"cookie")
+        return value.decode("latin-1") if value else None
 
     def start(self, subscriptions: list[Subscription]) -> None:
         self.request.notifyFinish().addBoth(self._finished)

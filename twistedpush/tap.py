@@ -143,6 +143,7 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> servic
         options["max-subscriptions"],
     )
     top = service.MultiService()
+    top.hub = hub  # type: ignore[attr-defined]  (runserverpush attaches Django's presence)
     HubService(hub).setServiceParent(top)
     site = make_site(hub, reactor, options["max-message-size"])
     for strport, factory in ((options["port"], site), (options["notifier"], NotifierFactory(hub))):

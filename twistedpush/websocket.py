@@ -26,6 +26,12 @@ log = Logger()
 class PushWebSocketProtocol(WebSocketServerProtocol):
     factory: PushWebSocketFactory
     _open = False
+    lasting = True
+
+    @property
+    def cookie(self) -> str | None:
+        """The handshake's Cookie header (the browser sends the site's cookies on any port)."""
+        return self.http_headers.get("cookie")
 
     def onOpen(self) -> None:
         self._open = True
