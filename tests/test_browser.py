@@ -313,3 +313,21 @@ def test_seed_jquery_bindings_work_unchanged(demo, context):
     )
     page.wait_for_function("seen.indexOf('processed') >= 0")
     assert page.evaluate(f"seen.filter(v => v === {start + 1}).length") == 1
+
+
+def test_reset_can_be_handled_by_the_page(demo, context):
+    page = context.new_page()
+    page.goto(demo.url)
+    page.wait_for_function("ServerPush.state === 'websocket'")
+    page.evaluate(
+        "window.resets = [];"
+        "document.addEventListener('serverpush_reset', e => {"
+        "  e.preventDefault(); resets.push(e.detail.channel); });"
+    )
+    demo.stop_push()
+    demo.start_push()  # history gone: the page is told, and keeps itself
+    page.wait_for_function("resets.length === 1", timeout=20000)
+    assert page.evaluate("resets")[0].startswith("sp.counter.")
+    start = counter(page)
+    demo.visit("/")
+    wait_counter(page, start + 1)  # still live after the reset

@@ -335,3 +335,43 @@ def test_async_views_publish_with_asend_update(push):
     assert [(m["ts"], m["data"]) for m in messages] == list(
         zip(stamps, [{"n": 1}, {"n": 2}], strict=True)
     )
+
+
+@pytest.mark.django_db
+def test_view_name_serializer(settings):
+    settings.ROOT_URLCONF = "tests.urls_view_serializer"
+    counter = Counter.objects.create(pk=1, value=9)
+    spec = updates.parse_spec(
+        {"name": "c", "model": Counter, "params": {"pk": 1}, "serializer": "counter_json"}, "t"
+    )
+    updates.register([spec], user("alice"))
+    (item,) = updates.publications(counter, updates.matching_groups(counter))
+    assert item[1:] == ({"value": 9, "viewer": "alice"}, "c")
+
+
+@pytest.mark.django_db
+def test_globals_add_specs_to_every_page(settings):
+    from demo import views
+
+    settings.SERVERPUSH_GLOBALS = ["tests.globals_for_tests.site_update"]
+    request = RequestFactory().get("/chat/")
+    request.user = AnonymousUser()
+    names = [spec.name for spec in updates.page_specs(request, views.chat)]
+    assert names == ["site_counter"]
+    names = [spec.name for spec in updates.page_specs(request, views.index)]
+    assert names == ["counter", "site_counter"]
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_deleted_rows_reach_pages_marked_deleted(push):
+    alice = user("alice")
+    score = Score.objects.create(user=alice, points=3)
+    request = RequestFactory().get("/")
+    request.user = alice
+    from demo import views
+
+    ServerPushMiddleware(lambda r: None).process_view(request, views.me, (), {})
+    score.delete()
+    messages = poll(push, request.serverpush.channels[0][0], request.serverpush.since)
+    assert [m["data"] for m in messages] == [{"points": 3, "for": "alice", "deleted": True}]
