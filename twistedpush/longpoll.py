@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from twisted.internet.defer import DeferredList
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from twistedpush.errors import PushError, Unavailable
+from twistedpush.errors import PushError
 from twistedpush.history import Update
 from twistedpush.hub import Hub
-from twistedpush.wire import Subscription, encode, error_message, parse_poll_body, reset_message
-
-log = Logger()
+from twistedpush.wire import (
+    Subscription,
+    encode,
+    error_message,
+    failed_subscription,
+    parse_poll_body,
+    reset_message,
+)
 
 
 def allow_cross_origin(request: Request) -> None:
@@ -59,10 +63,7 @@ class _Poll:
         DeferredList(pending).addCallback(self._caught_up)
 
     def _failed(self, failure: Failure, channel: str) -> None:
-        if not failure.check(PushError):
-            log.failure("replay of {channel} failed", failure, channel=channel)
-            failure = Failure(Unavailable("history is unavailable; try again"))
-        self.messages.append(encode(error_message(failure.value, channel)))
+        self.messages.append(encode(failed_subscription(failure, channel)))
 
     def _caught_up(self, _: object) -> None:
         self.caught_up = True

@@ -6,21 +6,19 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from twistedpush.errors import PushError, Unavailable
+from twistedpush.errors import PushError
 from twistedpush.history import Update
 from twistedpush.hub import Hub
 from twistedpush.wire import (
     encode,
     error_message,
+    failed_subscription,
     parse_client_message,
     reset_message,
     subscribed_message,
 )
-
-log = Logger()
 
 
 class PushWebSocketProtocol(WebSocketServerProtocol):
@@ -56,10 +54,7 @@ class PushWebSocketProtocol(WebSocketServerProtocol):
             self._send(error_message(e, channel))
 
     def _failed(self, failure: Failure, channel: str) -> None:
-        if not failure.check(PushError):
-            log.failure("replay of {channel} failed", failure, channel=channel)
-            failure = Failure(Unavailable("history is unavailable; try again"))
-        self._send(error_message(failure.value, channel))
+        self._send(failed_subscription(failure, channel))
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.hub.drop(self)

@@ -6,7 +6,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from twistedpush.errors import BadRequest, Limit, PushError, TooLarge
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from twistedpush.errors import BadRequest, Limit, PushError, TooLarge, Unavailable
+
+log = Logger()
 
 MAX_POLL_TIMEOUT = 60
 DEFAULT_POLL_TIMEOUT = 25
@@ -84,3 +89,15 @@ def error_message(error: PushError, channel: Any = None) -> dict:
         "code": error.code,
         "message": error.message,
     }
+
+
+def failed_subscription(failure: Failure, channel: str) -> dict:
+    """The error message for a subscription whose replay failed.
+
+    A refusal keeps its code; anything else (the history store is away) is
+    logged here and shown to the client as ``unavailable``, to be retried.
+    """
+    if failure.check(PushError):
+        return error_message(failure.value, channel)
+    log.failure("replay of {channel} failed", failure, channel=channel)
+    return error_message(Unavailable("history is unavailable; try again"), channel)
