@@ -143,3 +143,24 @@ def test_known_errors_arrive_as_exceptions_for_twisted_clients(wired):
 
     hub, client, pump = wired
     assert call(pump, client, SendUpdate, channel="no good", data=b"1").check(BadChannel)
+
+
+@pytest.mark.parametrize(
+    ("box", "code"),
+    [
+        ({b"_command": b"SendUpdate", b"data": b"1"}, b"BAD_CHANNEL"),
+        ({b"_command": b"SendUpdate", b"channel": b"room"}, b"BAD_DATA"),
+        ({b"_command": b"SendUpdates", b"updates": b"\x00\x05garbage"}, b"BAD_DATA"),
+        ({b"_command": b"SendUpdates"}, b"BAD_DATA"),
+    ],
+)
+def test_missing_or_malformed_arguments_get_contract_codes(wired, box, code):
+    hub, client, pump = wired
+    answers = []
+    client.boxReceiver = type("Receiver", (), {"ampBoxReceived": staticmethod(answers.append)})()
+    client.transport.write(
+        amp.AmpBox(_ask=b"9", **{k.decode(): v for k, v in box.items()}).serialize()
+    )
+    pump.flush()
+    assert answers[0][b"_error_code"] == code
+    assert answers[0][b"_error_description"]

@@ -60,11 +60,36 @@ PUBLISH_ERRORS: dict[type[Exception], bytes] = {
 }
 
 
+class _PublishCommand(amp.Command):
+    """Arguments that are missing or cannot be parsed get the contract's codes, not UNKNOWN."""
+
+    @classmethod
+    def parseArguments(cls, box: amp.AmpBox, protocol: Any) -> dict[str, Any]:
+        try:
+            return super().parseArguments(box, protocol)
+        except KeyError as e:
+            name = e.args[0] if e.args else b"?"
+            code = b"BAD_CHANNEL" if name == b"channel" else b"BAD_DATA"
+            raise amp.RemoteAmpError(code, f"missing argument {name!r}") from None
+        except Exception as e:
+            raise amp.RemoteAmpError(b"BAD_DATA", f"malformed arguments: {e}") from None
+
+
+class StrictAmpList(amp.AmpList):
+    """An AmpList that refuses trailing or truncated bytes instead of ignoring them."""
+
+    def fromStringProto(self, inString: bytes, proto: Any) -> list[dict[str, Any]]:
+        boxes = amp.parseString(inString)
+        if sum(len(box.serialize()) for box in boxes) != len(inString):
+            raise ValueError("updates is not a whole sequence of AMP boxes")
+        return [amp._stringsToObjects(box, self.subargs, proto) for box in boxes]
+
+
 def _update_arguments() -> list[tuple[bytes, amp.Argument]]:
     return [(b"channel", Text()), (b"data", ChunkedBytes()), (b"name", Text(optional=True))]
 
 
-class SendUpdate(amp.Command):
+class SendUpdate(_PublishCommand):
     """Publish ``data`` (JSON text) to ``channel``; answers the position it was given."""
 
     commandName = b"SendUpdate"
@@ -73,11 +98,11 @@ class SendUpdate(amp.Command):
     errors = PUBLISH_ERRORS
 
 
-class SendUpdates(amp.Command):
+class SendUpdates(_PublishCommand):
     """Publish several updates, all or none; answers their positions in order."""
 
     commandName = b"SendUpdates"
-    arguments = [(b"updates", amp.AmpList(_update_arguments()))]
+    arguments = [(b"updates", StrictAmpList(_update_arguments()))]
     response = [(b"ts", amp.ListOf(amp.Integer()))]
     errors = PUBLISH_ERRORS
 
