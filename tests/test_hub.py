@@ -263,7 +263,32 @@ def test_resync_that_cannot_read_history_resets():
     store.release()
     store.replay = lambda channel, since: fail(Unavailable("down"))
     store.resync("room")
+    hub.clock.advance(hub.RESYNC_DELAY * (hub.RESYNC_RETRIES - 1))
+    assert sub.types() == ["subscribed"]  # still trying
+    hub.clock.advance(hub.RESYNC_DELAY)
     assert sub.types() == ["subscribed", "reset", "subscribed"]
+
+
+def test_resync_retries_until_history_can_be_read():
+    from twisted.internet.defer import fail
+
+    from twistedpush.errors import Unavailable
+
+    hub, store = lossy_hub()
+    sub = Recorder()
+    hub.subscribe(sub, "room")
+    store.release()
+    store.dropping = True
+    publish(hub, "room", 1)
+    store.dropping = False
+    working = store.replay
+    store.replay = lambda channel, since: fail(Unavailable("commands not back yet"))
+    store.resync("room")
+    publish(hub, "room", 2)  # held back while history is being re-read
+    store.replay = working
+    hub.clock.advance(hub.RESYNC_DELAY)
+    store.release()
+    assert sub.data() == [1, 2]
 
 
 def test_presence_hears_lasting_subscribers_join_and_leave():

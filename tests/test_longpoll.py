@@ -10,6 +10,7 @@ from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
 from tests.helpers import make_clock, make_hub
+from twistedpush.limits import Admission
 from twistedpush.longpoll import PollResource
 
 
@@ -33,7 +34,7 @@ def answer(request):
 def poll():
     clock = make_clock()
     hub = make_hub(clock, secret="k", public=("pub.*",))
-    return hub, clock, PollResource(hub, clock)
+    return hub, clock, PollResource(hub, clock, Admission())
 
 
 def publish(hub, channel, value):
@@ -59,14 +60,14 @@ def test_hold_until_an_update_arrives(poll):
     request = post(resource, {"subscriptions": [{"channel": "pub.a", "since": None}]})
     clock.advance(10)
     assert not request.finished
-    assert resource.active == 1
+    assert resource.admission.by_transport["longpoll"] == 1
     ts = publish(hub, "pub.a", "hi")
     publish(hub, "pub.a", "there")  # same reactor turn: same answer
     clock.advance(0)
     body = answer(request)
     assert [m["data"] for m in body["messages"]] == ["hi", "there"]
     assert body["messages"][0]["ts"] == ts
-    assert resource.active == 0 and hub.stats()["subscriptions"] == 0
+    assert resource.admission.by_transport["longpoll"] == 0 and hub.stats()["subscriptions"] == 0
 
 
 def test_timeout_answers_empty_with_a_usable_cursor(poll):
@@ -108,7 +109,7 @@ def test_client_gone_is_cleaned_up_at_once(poll):
     assert len(clock.getDelayedCalls()) == timers + 1
     request.processingFailed(Failure(ConnectionDone()))
     assert hub.stats()["subscriptions"] == 0
-    assert resource.active == 0
+    assert resource.admission.by_transport["longpoll"] == 0
     assert len(clock.getDelayedCalls()) == timers
     publish(hub, "pub.a", 1)  # nothing is written to the gone request
     assert request.written == []

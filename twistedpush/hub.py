@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from twistedpush.access import AccessPolicy, check_channel, check_name
 from twistedpush.errors import BadData, BadRequest, Limit, PushError, TooLarge
@@ -35,6 +36,8 @@ class Subscriber(Protocol):
     def send_reset(self, channel: str, now: int) -> None: ...
 
     def send_subscribed(self, channel: str, now: int) -> None: ...
+
+    def going_away(self) -> None: ...
 
 
 def _reject_constant(name: str) -> Any:
@@ -107,6 +110,10 @@ class Hub:
         self._subscriptions: dict[Subscriber, set[str]] = {}
         self.updates_in = 0
         self.updates_out = 0
+        self.replays = 0
+        self.resets = 0
+        self.publish_errors = 0
+        self.in_flight = 0
         self.presence: list[PresenceListener] = []
 
     def start(self) -> Deferred:
@@ -125,9 +132,37 @@ class Hub:
                 for channel, name, data in items
             ]
         except PushError:
+            self.publish_errors += 1
             return fail()
-        self.updates_in += len(checked)
-        return self.store.publish(checked)
+        self.in_flight += 1
+        return self.store.publish(checked).addBoth(self._published, len(checked))
+
+    def _published(self, result: Any, count: int) -> Any:
+        self.in_flight -= 1
+        if isinstance(result, Failure):
+            self.publish_errors += 1
+        else:
+            self.updates_in += count
+        return result
+
+    def drain(self, timeout: float) -> Deferred:
+        """Fire once no publication is in flight, or after ``timeout`` seconds."""
+        done: Deferred = Deferred()
+        deadline = self.clock.seconds() + timeout
+
+        def check() -> None:
+            if self.in_flight == 0 or self.clock.seconds() >= deadline:
+                done.callback(self.in_flight)
+            else:
+                self.clock.callLater(0.05, check)
+
+        check()
+        return done
+
+    def going_away(self) -> None:
+        """Tell every subscriber to go elsewhere (the node is shutting down)."""
+        for subscriber in list(self._subscriptions):
+            subscriber.going_away()
 
     def now(self) -> Deferred:
         return self.store.now()
@@ -194,9 +229,12 @@ class Hub:
         if state.pending.get(subscriber) is not buffered:
             return  # unsubscribed (or subscribed anew) while the replay was read
         del state.pending[subscriber]
+        if since is not None:
+            self.replays += 1
         for update in replay.updates:
             subscriber.send_update(update)
         if replay.reset:
+            self.resets += 1
             subscriber.send_reset(name, replay.now)
         subscriber.send_subscribed(name, replay.now)
         after = max(replay.now, since or 0)
@@ -208,18 +246,26 @@ class Hub:
 
     # Recovering from updates the store lost in transit (Redis pub/sub reconnects)
 
+    RESYNC_RETRIES = 40
+    RESYNC_DELAY = 0.25
+
     def resync(self, name: str) -> None:
         """Re-read ``name`` from history and give each live subscriber what it missed."""
         state = self._channels.get(name)
         if state is None or not state.live or state.resyncing is not None:
             return
         state.resyncing = []
-        since = max(state.delivered, min(state.live.values()))
+        self._resync_read(name, state, 0)
+
+    def _resync_read(self, name: str, state: _Channel, attempt: int) -> None:
+        if self._channels.get(name) is not state:
+            return  # everyone left meanwhile
+        since = max(state.delivered, min(state.live.values(), default=state.delivered))
         self.store.replay(name, since).addCallbacks(
             self._resynced,
             self._resync_failed,
             callbackArgs=(name, state),
-            errbackArgs=(name, state),
+            errbackArgs=(name, state, attempt),
         )
 
     def _resynced(self, replay: Replay, name: str, state: _Channel) -> None:
@@ -237,13 +283,18 @@ class Hub:
             if update.ts > max(replay.now, state.delivered):
                 self.deliver(update)
 
-    def _resync_failed(self, failure: Any, name: str, state: _Channel) -> None:
-        """History could not be read: say so with a reset rather than leave a gap."""
+    def _resync_failed(self, failure: Any, name: str, state: _Channel, attempt: int) -> None:
+        """Try again for a while (Redis's connections come back one by one); if history
+        stays unreadable, say so with a reset rather than leave a gap."""
+        if attempt < self.RESYNC_RETRIES:
+            self.clock.callLater(self.RESYNC_DELAY, self._resync_read, name, state, attempt + 1)
+            return
         buffered, state.resyncing = state.resyncing or [], None
         now = max([state.delivered, *(u.ts for u in buffered)])
         self._reset_live(name, state, now)
 
     def _reset_live(self, name: str, state: _Channel, now: int) -> None:
+        self.resets += len(state.live)
         for subscriber in state.live:
             subscriber.send_reset(name, now)
             subscriber.send_subscribed(name, now)
@@ -297,5 +348,8 @@ class Hub:
             "subscriptions": sum(len(c) for c in self._subscriptions.values()),
             "updates_in": self.updates_in,
             "updates_out": self.updates_out,
+            "replays": self.replays,
+            "resets": self.resets,
+            "publish_errors": self.publish_errors,
             **self.store.stats(),
         }

@@ -8,9 +8,10 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from twistedpush.errors import PushError
+from twistedpush.errors import Forbidden, Limit, PushError
 from twistedpush.history import Update
 from twistedpush.hub import Hub
+from twistedpush.limits import Admission, address_key
 from twistedpush.wire import (
     Subscription,
     encode,
@@ -21,18 +22,50 @@ from twistedpush.wire import (
 )
 
 
-def allow_cross_origin(request: Request) -> None:
-    """Let pages on any origin poll: tokens travel in the body, never in cookies."""
-    request.setHeader(b"Access-Control-Allow-Origin", b"*")
+def _origin(request: Request) -> str | None:
+    origin = request.getHeader(b"origin")
+    return origin.decode("latin-1") if origin is not None else None
+
+
+def allow_cross_origin(request: Request, admission: Admission) -> bool:
+    """CORS headers for an allowed page origin (any, unless --allowed-origin is given).
+
+    Tokens travel in the body, never in cookies, so no credentials are allowed.
+    Returns False for a refused origin, which gets no CORS headers at all.
+    """
+    origin = _origin(request)
+    try:
+        admission.check_origin(origin)
+    except PushError:
+        return False
+    if admission.limits.allowed_origins:
+        request.setHeader(b"Access-Control-Allow-Origin", (origin or "").encode("latin-1"))
+        request.setHeader(b"Vary", b"Origin")
+    else:
+        request.setHeader(b"Access-Control-Allow-Origin", b"*")
     request.setHeader(b"Access-Control-Allow-Methods", b"POST, OPTIONS")
     request.setHeader(b"Access-Control-Allow-Headers", b"Content-Type")
     request.setHeader(b"Access-Control-Max-Age", b"86400")
+    return True
+
+
+def error_body(request: Request, status: int, error: PushError) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    return b'{"messages":[%s],"ts":null}' % encode(error_message(error))
 
 
 class _Poll:
     """One held request, subscribed to its channels until it answers."""
 
     lasting = False
+
+    def going_away(self) -> None:
+        """The server is stopping: answer now with what there is."""
+        if not self.done and self.caught_up:
+            if self.call is not None and self.call.active():
+                self.call.cancel()
+            self._answer()
 
     def __init__(self, hub: Hub, clock: IReactorTime, request: Request, timeout: float) -> None:
         self.hub = hub
@@ -122,35 +155,36 @@ class PollResource(Resource):
         self,
         hub: Hub,
         clock: IReactorTime,
+        admission: Admission,
         max_body: int = 65536,
-        max_subscriptions: int = 100,
     ) -> None:
         super().__init__()
         self.hub = hub
         self.clock = clock
+        self.admission = admission
         self.max_body = max_body
-        self.max_subscriptions = max_subscriptions
-        self.active = 0
 
     def render_OPTIONS(self, request: Request) -> bytes:
-        allow_cross_origin(request)
-        request.setResponseCode(204)
+        request.setResponseCode(204 if allow_cross_origin(request, self.admission) else 403)
         return b""
 
     def render_POST(self, request: Request) -> int | bytes:
-        allow_cross_origin(request)
+        if not allow_cross_origin(request, self.admission):
+            return error_body(
+                request, 403, Forbidden(f"origin {_origin(request)!r} is not allowed")
+            )
         body = request.content.read(self.max_body + 1)
         try:
-            subscriptions, timeout = parse_poll_body(body, self.max_body, self.max_subscriptions)
+            subscriptions, timeout = parse_poll_body(
+                body, self.max_body, self.hub.max_subscriptions
+            )
         except PushError as e:
-            request.setResponseCode(413 if e.code == "too_large" else 400)
-            request.setHeader(b"Content-Type", b"application/json")
-            return b'{"messages":[%s],"ts":null}' % encode(error_message(e))
-        poll = _Poll(self.hub, self.clock, request, timeout)
-        self.active += 1
-        request.notifyFinish().addBoth(self._ended)
-        poll.start(subscriptions)
+            return error_body(request, 413 if e.code == "too_large" else 400, e)
+        ip = address_key(request.getClientAddress())
+        try:
+            self.admission.admit("longpoll", ip)
+        except Limit as e:
+            return error_body(request, 503, e)
+        request.notifyFinish().addBoth(lambda _: self.admission.release("longpoll", ip))
+        _Poll(self.hub, self.clock, request, timeout).start(subscriptions)
         return NOT_DONE_YET
-
-    def _ended(self, _: object) -> None:
-        self.active -= 1

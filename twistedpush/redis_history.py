@@ -326,11 +326,23 @@ class RedisHistory:
                     self._on_resync(channel)
 
         def failed(failure: Any) -> None:
-            if self._watched.get(channel) is waiters:
-                self._watched[channel] = None
-                self._release(waiters, Unavailable("Redis subscription failed"))
+            log.info(
+                "subscribing {channel} failed, retrying: {error}",
+                channel=channel,
+                error=failure.getErrorMessage(),
+            )
+            # Redis answers errors while it is still loading its data after a restart:
+            # keep asking on this connection (the waiters wait with us).
+            if self._watched.get(channel) is waiters and self._listener is listener:
+                self._reactor.callLater(0.25, retry)
 
-        self._listener.subscribe(self._args[0] + "u:" + channel).addCallbacks(subscribed, failed)
+        def retry() -> None:
+            if self._watched.get(channel) is waiters and self._listener is listener:
+                listener.subscribe(redis_channel).addCallbacks(subscribed, failed)
+
+        listener = self._listener
+        redis_channel = self._args[0] + "u:" + channel
+        listener.subscribe(redis_channel).addCallbacks(subscribed, failed)
 
     @staticmethod
     def _release(waiters: list[Deferred], error: Exception | None) -> None:
@@ -345,11 +357,13 @@ class RedisHistory:
 
     def listener_up(self, listener: _Listener) -> None:
         """(Re)subscribe every watched channel; after a loss, have each one resynced."""
+        log.info("Redis pub/sub connected; subscribing {n} channels", n=len(self._watched))
         self._listener = listener
         for channel in list(self._watched):
             self._subscribe(channel, resync=True)
 
     def listener_down(self) -> None:
+        log.info("Redis pub/sub connection lost")
         self._listener = None
         for channel, state in list(self._watched.items()):
             self._watched[channel] = None

@@ -12,13 +12,17 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorCore, IReactorTime
+from twisted.logger import Logger
 from twisted.python import usage
 
 from twistedpush.access import AccessPolicy
 from twistedpush.history import IHistoryStore, MemoryHistory
 from twistedpush.hub import Hub
+from twistedpush.limits import Admission, Limits
 from twistedpush.notifier import NotifierFactory
 from twistedpush.web import make_site
+
+log = Logger()
 
 
 def parse_redis_url(url: str) -> dict[str, Any]:
@@ -68,15 +72,26 @@ class Options(usage.Options):
         ["redis", None, None, "Redis history and fan-out, redis://host:port/db (default: memory)."],
         ["max-subscriptions", None, "100", "Subscriptions per connection."],
         ["max-message-size", None, "4096", "Bytes per client message."],
+        ["max-connections", None, "10000", "Open connections (WebSocket + long-poll)."],
+        ["max-connections-per-ip", None, "1000", "Open connections from one client address."],
+        ["max-polls", None, "5000", "Long-poll requests held at once."],
+        ["max-pending-bytes", None, "1048576", "Unsent bytes before a slow client is dropped."],
+        ["shutdown-timeout", None, "5", "Seconds to finish in-flight publications on SIGTERM."],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["public"] = []
+        self["allowed-origin"] = []
 
     def opt_public(self, glob: str) -> None:
         """Channels matching this glob need no token (repeatable)."""
         self["public"].append(glob)
+
+    def opt_allowed_origin(self, glob: str) -> None:
+        """Page origins allowed to connect, e.g. 'https://*.example.com' (repeatable;
+        default: any)."""
+        self["allowed-origin"].append(glob)
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         """Parse, and on a bad option say so in one line and exit non-zero."""
@@ -89,9 +104,18 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         from twisted.internet import reactor
 
-        for key in ("history-size", "max-subscriptions", "max-message-size"):
+        for key in (
+            "history-size",
+            "max-subscriptions",
+            "max-message-size",
+            "max-connections",
+            "max-connections-per-ip",
+            "max-polls",
+            "max-pending-bytes",
+        ):
             _number(self, key, int)
         _number(self, "history-ttl", float)
+        _number(self, "shutdown-timeout", float)
         for key in ("port", "notifier"):
             try:
                 endpoints.serverFromString(reactor, self[key])
@@ -109,10 +133,13 @@ class Options(usage.Options):
 
 
 class HubService(service.Service):
-    """Starts the hub's history store before the listeners, stops it after them."""
+    """Starts the hub's history store before the listeners; on shutdown, after the
+    listeners have stopped accepting, finishes in-flight publications (within
+    ``timeout``), sends every client elsewhere, then stops the store."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, timeout: float) -> None:
         self.hub = hub
+        self.timeout = timeout
 
     def startService(self) -> None:
         super().startService()
@@ -120,7 +147,11 @@ class HubService(service.Service):
 
     def stopService(self) -> Deferred:
         super().stopService()
-        return self.hub.stop()
+        log.info("shutting down: finishing publications, sending clients elsewhere")
+        d = self.hub.drain(self.timeout)
+        d.addCallback(lambda _: self.hub.going_away())
+        d.addCallback(lambda _: self.hub.stop())
+        return d
 
 
 def make_store(options: Options, reactor: IReactorTime) -> IHistoryStore:
@@ -142,10 +173,19 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> servic
         reactor,
         options["max-subscriptions"],
     )
+    admission = Admission(
+        Limits(
+            max_connections=options["max-connections"],
+            max_connections_per_ip=options["max-connections-per-ip"],
+            max_polls=options["max-polls"],
+            max_pending_bytes=options["max-pending-bytes"],
+            allowed_origins=tuple(options["allowed-origin"]),
+        )
+    )
     top = service.MultiService()
     top.hub = hub  # type: ignore[attr-defined]  (runserverpush attaches Django's presence)
-    HubService(hub).setServiceParent(top)
-    site = make_site(hub, reactor, options["max-message-size"])
+    HubService(hub, options["shutdown-timeout"]).setServiceParent(top)
+    site = make_site(hub, reactor, admission, options["max-message-size"])
     for strport, factory in ((options["port"], site), (options["notifier"], NotifierFactory(hub))):
         endpoint = endpoints.serverFromString(reactor, strport)
         listener = StreamServerEndpointService(endpoint, factory)

@@ -6,11 +6,14 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from twistedpush.errors import PushError
+from twistedpush.errors import Forbidden, Limit, PushError
 from twistedpush.history import Update
 from twistedpush.hub import Hub
+from twistedpush.limits import Admission, address_key
 from twistedpush.wire import (
     encode,
     error_message,
@@ -20,11 +23,55 @@ from twistedpush.wire import (
     subscribed_message,
 )
 
+log = Logger()
+
+SLOW_CLIENT = 4000
+"""Close code for a client dropped for not reading: reconnect and catch up."""
+
 
 class PushWebSocketProtocol(WebSocketServerProtocol):
+    """One browser connection; also the push producer of its TCP transport.
+
+    The transport pauses it when its send buffer is full; updates written while
+    paused count as backlog, and a client whose backlog passes
+    ``--max-pending-bytes`` is dropped, so memory per connection stays bounded.
+    """
+
     factory: PushWebSocketFactory
     _open = False
+    _ip: str | None = None
+    _paused = False
+    _backlog = 0
     lasting = True
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # twisted.web's HTTPChannel registered itself before the upgrade; the
+        # transport is ours now, and so are its pause and resume calls.
+        self.transport.unregisterProducer()
+        self.transport.registerProducer(self, True)
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._backlog = 0
+
+    def stopProducing(self) -> None:
+        self._paused = True
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        admission = self.factory.admission
+        ip = address_key(self.transport.getPeer())
+        try:
+            admission.check_origin(request.headers.get("origin"))
+            admission.admit("websocket", ip)
+        except Forbidden as e:
+            raise ConnectionDeny(403, e.message) from None
+        except Limit as e:
+            raise ConnectionDeny(503, e.message) from None
+        self._ip = ip
 
     @property
     def cookie(self) -> str | None:
@@ -33,7 +80,6 @@ class PushWebSocketProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         self._open = True
-        self.factory.connections += 1
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if isBinary:
@@ -58,17 +104,45 @@ class PushWebSocketProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.hub.drop(self)
-        if self._open:
-            self._open = False
-            self.factory.connections -= 1
+        self._open = False
+        if self._ip is not None:
+            self.factory.admission.release("websocket", self._ip)
+            self._ip = None
+
+    def _writable(self, size: int) -> bool:
+        if self.state != self.STATE_OPEN:
+            return False
+        if self._paused:
+            self._backlog += size
+            if self._backlog > self.factory.max_pending_bytes:
+                self._drop_slow()
+                return False
+        return True
+
+    def _drop_slow(self) -> None:
+        self.factory.slow_drops += 1
+        log.info(
+            "dropping slow client {peer}: {backlog} bytes it has not read",
+            peer=self.peer,
+            backlog=self._backlog,
+        )
+        self.sendCloseFrame(SLOW_CLIENT, b"too slow: reconnect and catch up")
+        self.factory.hub.drop(self)
+        self.dropConnection(abort=True)
 
     def _send(self, message: dict) -> None:
-        if self.state == self.STATE_OPEN:
-            self.sendMessage(encode(message))
+        payload = encode(message)
+        if self._writable(len(payload)):
+            self.sendMessage(payload)
 
     def send_update(self, update: Update) -> None:
-        if self.state == self.STATE_OPEN:
+        if self._writable(len(update.message)):
             self.sendPreparedMessage(self.factory.prepared(update))
+
+    def going_away(self) -> None:
+        """The server is stopping: tell the browser to reconnect (to another node)."""
+        if self.state == self.STATE_OPEN:
+            self.sendCloseFrame(1001, b"server going away: reconnect")
 
     def send_reset(self, channel: str, now: int) -> None:
         self._send(reset_message(channel, now))
@@ -82,11 +156,19 @@ class PushWebSocketFactory(WebSocketServerFactory):
 
     protocol = PushWebSocketProtocol
 
-    def __init__(self, hub: Hub, max_message_size: int = 4096, reactor: Any = None) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        admission: Admission,
+        max_message_size: int = 4096,
+        reactor: Any = None,
+    ) -> None:
         super().__init__(reactor=reactor)
         self.hub = hub
+        self.admission = admission
         self.max_message_size = max_message_size
-        self.connections = 0
+        self.max_pending_bytes = admission.limits.max_pending_bytes
+        self.slow_drops = 0
         self._last: tuple[Update | None, PreparedMessage | None] = (None, None)
         # Larger frames are cut off outright; up to this bound they get a too_large error.
         hard_limit = max(65536, 4 * max_message_size)
