@@ -21,6 +21,7 @@ class Client(WebSocketClientProtocol):
 
     def onClose(self, wasClean, code, reason):
         self.closed = code
+        self.close_reason = reason or self.wasNotCleanReason
 
     def send_json(self, message):
         self.sendMessage(json.dumps(message).encode())

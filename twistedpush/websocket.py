@@ -126,8 +126,9 @@ class PushWebSocketProtocol(WebSocketServerProtocol):
             peer=self.peer,
             backlog=self._backlog,
         )
+        # Not hub.drop() here: this runs inside the hub's fan-out loop. The
+        # close below stops further writes; onClose forgets the subscriptions.
         self.sendCloseFrame(SLOW_CLIENT, b"too slow: reconnect and catch up")
-        self.factory.hub.drop(self)
         self.dropConnection(abort=True)
 
     def _send(self, message: dict) -> None:
