@@ -79,7 +79,10 @@ class StrictAmpList(amp.AmpList):
     """An AmpList that refuses trailing or truncated bytes instead of ignoring them."""
 
     def fromStringProto(self, inString: bytes, proto: Any) -> list[dict[str, Any]]:
-        boxes = amp.parseString(inString)
+        try:
+            boxes = amp.parseString(inString)
+        except Exception as e:  # Twisted's box parser fails in many ways on garbage
+            raise ValueError(f"updates is not a sequence of AMP boxes: {e!r}") from None
         if sum(len(box.serialize()) for box in boxes) != len(inString):
             raise ValueError("updates is not a whole sequence of AMP boxes")
         return [amp._stringsToObjects(box, self.subargs, proto) for box in boxes]
