@@ -1,0 +1,155 @@
+"""Hardening against real processes and sockets: shutdown, slow and hostile clients, limits."""
+
+import base64
+import json
+import os
+import signal
+import socket
+import struct
+import threading
+import time
+import urllib.request
+
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from twistedpush.client import PushClient
+
+pytestmark = pytest.mark.integration
+
+
+def rss_kib(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def raw_websocket(port: int, rcvbuf: int | None = None) -> socket.socket:
+    """A WebSocket handshake by hand, for clients that misbehave on purpose."""
+    sock = socket.socket()
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.connect(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += sock.recv(1)
+    assert b" 101 " in response.split(b"\r\n")[0], response
+    return sock
+
+
+def frame(payload: bytes, opcode: int = 1, length: int | None = None) -> bytes:
+    """A masked client frame; ``length`` may claim more than is sent (a truncated frame)."""
+    size = len(payload) if length is None else length
+    header = bytes([0x80 | opcode])
+    if size < 126:
+        header += bytes([0x80 | size])
+    elif size < 65536:
+        header += bytes([0x80 | 126]) + struct.pack("!H", size)
+    else:
+        header += bytes([0x80 | 127]) + struct.pack("!Q", size)
+    mask = os.urandom(4)
+    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def test_sigterm_sends_clients_elsewhere_and_exits(push_server):
+    server = push_server("--public", "*")
+    publisher = PushClient(port=server.notifier_port)
+    answer = {}
+    with connect(server.ws_url) as ws:
+        ws.send(json.dumps({"type": "subscribe", "channel": "s"}))
+        json.loads(ws.recv(timeout=5))
+        body = json.dumps({"subscriptions": [{"channel": "p"}], "timeout": 60}).encode()
+        request = urllib.request.Request(f"{server.url}/poll", data=body, method="POST")
+        waiter = threading.Thread(
+            target=lambda: answer.update(r=urllib.request.urlopen(request, timeout=30).read())
+        )
+        waiter.start()
+        server.wait_for(lambda h: h["connections"]["longpoll"] == 1, "the held poll")
+        acked = publisher.send_update("s", "last words")
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        assert json.loads(ws.recv(timeout=5))["ts"] == acked  # in-flight work finished
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+        assert closed.value.rcvd.code == 1001
+    waiter.join(10)
+    assert json.loads(answer["r"])["messages"] == []
+    # twistd ends by re-raising the signal it stopped for, as a SIGTERMed process should.
+    assert server.process.wait(10) in (0, -signal.SIGTERM)
+    assert time.monotonic() - started < 10
+
+
+def test_slow_client_is_dropped_and_memory_stays_bounded(push_server):
+    server = push_server("--public", "*", "--max-pending-bytes", "262144")
+    publisher = PushClient(port=server.notifier_port)
+    stalled = raw_websocket(server.port, rcvbuf=4096)
+    stalled.sendall(frame(json.dumps({"type": "subscribe", "channel": "big"}).encode()))
+    server.wait_for(lambda h: h["subscriptions"] == 1, "the stalled subscription")
+    with connect(server.ws_url, max_size=None) as reader:
+        reader.send(json.dumps({"type": "subscribe", "channel": "big"}))
+        reader.recv(timeout=5)
+        before = rss_kib(server.process.pid)
+        chunk = "x" * 60_000
+        for i in range(300):  # 18 MB for a client that reads nothing
+            publisher.send_update("big", [i, chunk])
+            assert json.loads(reader.recv(timeout=10))["data"][0] == i
+        server.wait_for(lambda h: h["slow_client_drops"] == 1, "the slow client's drop")
+        grown = rss_kib(server.process.pid) - before
+    assert grown < 20_000, f"server grew {grown} KiB for one stalled client"
+    stalled.close()
+
+
+def test_hostile_bytes_then_a_normal_client_works_and_memory_comes_back(push_server):
+    server = push_server("--public", "*")
+    baseline = rss_kib(server.process.pid)
+    # A 10 MB frame: refused as it arrives (close 1009), never buffered whole.
+    big = raw_websocket(server.port)
+    big.sendall(frame(b"", length=10 * 1024 * 1024)[:14])
+    try:
+        for _ in range(160):
+            big.sendall(b"\x00" * 65536)
+    except OSError:
+        pass  # the server hung up, as it should
+    big.close()
+    # Truncated frames, binary frames, slowloris headers.
+    truncated = raw_websocket(server.port)
+    truncated.sendall(frame(b'{"type":"subscribe"', length=500)[:30])
+    binary = raw_websocket(server.port)
+    binary.sendall(frame(b"\x00\x01", opcode=2))
+    slow = []
+    for _ in range(50):
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        slow.append(sock)
+    publisher = PushClient(port=server.notifier_port)
+    with connect(server.ws_url) as ws:
+        ws.send(json.dumps({"type": "subscribe", "channel": "ok"}))
+        json.loads(ws.recv(timeout=5))
+        publisher.send_update("ok", "still fine")
+        assert json.loads(ws.recv(timeout=5))["data"] == "still fine"
+    for sock in [*slow, truncated, binary]:
+        sock.close()
+    assert rss_kib(server.process.pid) - baseline < 20_000
+
+
+def test_connection_cap_per_address_and_metrics(push_server):
+    server = push_server("--public", "*", "--max-connections-per-ip", "2")
+    with connect(server.ws_url), connect(server.ws_url):
+        with pytest.raises(InvalidStatus) as refused:
+            connect(server.ws_url)
+        assert refused.value.response.status_code == 503
+        with urllib.request.urlopen(f"{server.url}/metrics") as response:
+            text = response.read().decode()
+    assert 'twistedpush_connections{transport="websocket"} 2' in text
+    assert 'twistedpush_refused_total{reason="limit"} 1' in text
+    assert "# TYPE twistedpush_updates_in_total counter" in text
