@@ -313,3 +313,40 @@ def test_presence_hears_lasting_subscribers_join_and_leave():
     hub.drop(socket)
     hub.drop(poll)
     assert events == [("joined", "room"), ("left", "room"), ("joined", "a"), ("left", "a")]
+
+
+def test_subscriber_joining_during_a_resync_gets_nothing_twice():
+    hub, store = lossy_hub()
+    early, joiner = Recorder(), Recorder()
+    hub.subscribe(early, "room")
+    store.release()
+    store.dropping = True
+    publish(hub, "room", 1)  # lost in transit
+    store.dropping = False
+    store.resync("room")  # its replay waits in the store
+    hub.subscribe(joiner, "room")  # joins meanwhile; its replay waits too
+    publish(hub, "room", 2)  # live: held for the resync, buffered for the joiner
+    store.release()
+    publish(hub, "room", 3)
+    assert early.data() == [1, 2, 3]
+    assert joiner.data() == [2, 3]
+
+
+def test_late_live_copies_of_replayed_updates_are_not_sent_again():
+    """Redis pub/sub and the replay travel on different connections: a live copy of an
+    update may arrive after the replay that held it."""
+    clock = make_clock()
+    store = SlowReplayStore(clock, late=True)
+    late_copies = []
+    hub = Hub(store, AccessPolicy(None, ["*"]), clock)
+    store.start(late_copies.append)  # the store delivers nothing by itself...
+    early, joiner = Recorder(), Recorder()
+    hub.subscribe(early, "room")
+    store.release()
+    publish(hub, "room", 1)
+    hub.subscribe(joiner, "room", since=late_copies[0].ts - 1)
+    store.release()  # joiner's replay holds update 1
+    hub.deliver(late_copies[0])  # ...the hub hears of it now, late
+    hub.deliver(late_copies[0])  # and a second copy changes nothing
+    assert early.data() == [1]
+    assert joiner.data() == [1]

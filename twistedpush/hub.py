@@ -69,19 +69,25 @@ class _Channel:
     """Local subscribers of one channel.
 
     ``live`` maps each caught-up subscriber to the position it joined at (it has
-    every update up to there); ``pending`` buffers live updates for those still
-    reading their replay; ``resyncing`` buffers them for everyone while the
-    channel is re-read after the store lost updates in transit; ``delivered`` is
-    the last position sent live.
+    every update up to there) and ``newest_join`` is the greatest of those;
+    ``pending`` buffers live updates for those still reading their replay;
+    ``resyncing`` buffers them for everyone while the channel is re-read after
+    the store lost updates in transit; every live subscriber has every update
+    up to ``delivered``.
     """
 
-    __slots__ = ("delivered", "live", "pending", "resyncing")
+    __slots__ = ("delivered", "live", "newest_join", "pending", "resyncing")
 
     def __init__(self) -> None:
         self.live: dict[Subscriber, int] = {}
         self.pending: dict[Subscriber, list[Update]] = {}
         self.resyncing: list[Update] | None = None
         self.delivered = 0
+        self.newest_join = 0
+
+    def join(self, subscriber: Subscriber, position: int) -> None:
+        self.live[subscriber] = position
+        self.newest_join = max(self.newest_join, position)
 
 
 class PresenceListener(Protocol):
@@ -168,19 +174,30 @@ class Hub:
         return self.store.now()
 
     def deliver(self, update: Update) -> None:
-        """Fan ``update`` out to this node's subscribers of its channel."""
+        """Fan ``update`` out to this node's subscribers of its channel.
+
+        A store's live deliveries (Redis pub/sub) may arrive after a replay that
+        already held them: they are older than ``delivered``, or than the
+        position a subscriber joined at, and are not sent again.
+        """
         channel = self._channels.get(update.channel)
-        if channel is None:
+        if channel is None or update.ts <= channel.delivered:
             return
         for buffered in channel.pending.values():
             buffered.append(update)
         if channel.resyncing is not None:
             channel.resyncing.append(update)
             return
-        for subscriber in channel.live:
-            subscriber.send_update(update)
         channel.delivered = update.ts
-        self.updates_out += len(channel.live)
+        if update.ts > channel.newest_join:
+            for subscriber in channel.live:
+                subscriber.send_update(update)
+            self.updates_out += len(channel.live)
+            return
+        for subscriber, joined in channel.live.items():
+            if update.ts > joined:
+                subscriber.send_update(update)
+                self.updates_out += 1
 
     # Subscribing
 
@@ -242,7 +259,7 @@ class Hub:
         for update in live:
             subscriber.send_update(update)
         self.updates_out += len(replay.updates) + len(live)
-        state.live[subscriber] = live[-1].ts if live else after
+        state.join(subscriber, live[-1].ts if live else after)
 
     # Recovering from updates the store lost in transit (Redis pub/sub reconnects)
 
@@ -272,16 +289,18 @@ class Hub:
         buffered, state.resyncing = state.resyncing or [], None
         if replay.reset:
             self._reset_live(name, state, replay.now)
+            missed = [u for u in buffered if u.ts > replay.now]
         else:
-            for update in replay.updates:
-                for subscriber, joined in state.live.items():
-                    if update.ts > joined:
-                        subscriber.send_update(update)
-                        self.updates_out += 1
-                state.delivered = max(state.delivered, update.ts)
-        for update in buffered:
-            if update.ts > max(replay.now, state.delivered):
-                self.deliver(update)
+            missed = [*replay.updates, *(u for u in buffered if u.ts > replay.now)]
+        # Each subscriber gets what is newer than what it has: one that joined
+        # during the resync already has the updates up to its own position.
+        for update in missed:
+            for subscriber, joined in state.live.items():
+                if update.ts > joined:
+                    subscriber.send_update(update)
+                    self.updates_out += 1
+        # Every live subscriber now has everything up to the snapshot and beyond.
+        state.delivered = max(state.delivered, replay.now, *(u.ts for u in missed))
 
     def _resync_failed(self, failure: Any, name: str, state: _Channel, attempt: int) -> None:
         """Try again for a while (Redis's connections come back one by one); if history
@@ -295,10 +314,10 @@ class Hub:
 
     def _reset_live(self, name: str, state: _Channel, now: int) -> None:
         self.resets += len(state.live)
-        for subscriber in state.live:
+        for subscriber in list(state.live):
             subscriber.send_reset(name, now)
             subscriber.send_subscribed(name, now)
-            state.live[subscriber] = now
+            state.join(subscriber, now)
         state.delivered = max(state.delivered, now)
 
     def _replay_failed(
