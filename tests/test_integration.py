@@ -186,3 +186,22 @@ def test_garbage_on_every_port_leaves_the_server_working(push_server):
         publisher.send_update("ok", "still here")
         assert receive(ws, 1)[0]["data"] == "still here"
     assert server.health()["status"] == "ok"
+
+
+def test_push_client_works_with_descriptors_past_1023(push_server):
+    """A Django process may hold many files; the client must not rely on select()."""
+    import resource
+
+    server = push_server()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+    hogs = [socket.socket() for _ in range(1100)]
+    try:
+        publisher = PushClient(port=server.notifier_port)
+        first = publisher.current_timestamp()
+        assert publisher._sock.fileno() > 1023
+        assert publisher.current_timestamp() >= first  # the stale check ran on a high fd
+    finally:
+        for sock in hogs:
+            sock.close()

@@ -6,7 +6,6 @@ It speaks the same commands as the server, imported from :mod:`twistedpush.comma
 from __future__ import annotations
 
 import json
-import select
 import socket
 import struct
 from collections.abc import Iterable, Sequence
@@ -153,12 +152,15 @@ class PushClient:
 
 
 def _closed_by_peer(sock: socket.socket) -> bool:
-    """True when an idle connection was closed by the server (EOF waiting to be read)."""
-    readable, _, _ = select.select([sock], [], [], 0)
-    if not readable:
-        return False
+    """True when an idle connection was closed by the server (EOF waiting to be read).
+
+    A non-blocking peek, not select(): select() fails for descriptors past 1023,
+    which a busy Django process easily has.
+    """
     try:
-        return sock.recv(1, socket.MSG_PEEK) == b""
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
     except OSError:
         return True
 

@@ -1,0 +1,176 @@
+"""Soak: many idle-ish WebSocket connections and a steady publisher; is the server's RSS flat?
+
+    .venv/bin/python bench/soak.py --connections 10000 --rate 100 --minutes 10
+
+Starts its own push server (memory history) on free ports, opens the
+connections (each on one of --channels channels), publishes --rate updates per
+second spread over the channels, samples the server's RSS every --every
+seconds, checks every client got its updates in order, and writes
+bench/results/soak.md. Loopback only; it stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from websockets.asyncio.client import connect
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from twistedpush.client import PushClient  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def rss_mib(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Subscriber:
+    def __init__(self) -> None:
+        self.received = 0
+        self.last_ts = 0
+        self.out_of_order = 0
+
+
+async def subscriber(url: str, channel: str, state: Subscriber, stop: asyncio.Event) -> None:
+    async with connect(url, max_size=None, open_timeout=60, ping_interval=None) as ws:
+        await ws.send(json.dumps({"type": "subscribe", "channel": channel}))
+        while not stop.is_set():
+            try:
+                message = json.loads(await asyncio.wait_for(ws.recv(), 1))
+            except TimeoutError:
+                continue
+            if message["type"] == "update":
+                if message["ts"] <= state.last_ts:
+                    state.out_of_order += 1
+                state.last_ts = message["ts"]
+                state.received += 1
+
+
+def publisher(port: int, rate: float, channels: int, stop: threading.Event, sent: list) -> None:
+    client = PushClient(port=port)
+    interval = 1 / rate
+    start = time.monotonic()
+    n = 0
+    while not stop.is_set():
+        client.send_update(f"soak.{n % channels}", {"n": n, "pad": "x" * 80})
+        n += 1
+        sent[0] = n
+        delay = start + n * interval - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+
+async def main(args: argparse.Namespace) -> None:
+    port, notifier = free_port(), free_port()
+    twistd = shutil.which("twistd", path=str(Path(sys.executable).parent)) or "twistd"
+    server = subprocess.Popen(
+        [twistd, "--pidfile=", "-n", "serverpush", "--public", "*",
+         "--port", f"tcp:{port}:interface=127.0.0.1",
+         "--notifier", f"tcp:{notifier}:interface=127.0.0.1",
+         "--max-connections", str(args.connections + 100),
+         "--max-connections-per-ip", str(args.connections + 100)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port)).close()
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        idle_rss = rss_mib(server.pid)
+        url = f"ws://127.0.0.1:{port}/ws"
+        stop = asyncio.Event()
+        states = [Subscriber() for _ in range(args.connections)]
+        tasks = []
+        for i, state in enumerate(states):
+            tasks.append(asyncio.create_task(
+                subscriber(url, f"soak.{i % args.channels}", state, stop)
+            ))  # fmt: skip
+            if i % 500 == 499:
+                await asyncio.sleep(0.2)
+        await asyncio.sleep(5)
+        connected_rss = rss_mib(server.pid)
+        print(f"{args.connections} connections: server RSS {connected_rss:.1f} MiB "
+              f"(idle {idle_rss:.1f} MiB)", flush=True)  # fmt: skip
+        halt = threading.Event()
+        sent = [0]
+        thread = threading.Thread(
+            target=publisher, args=(notifier, args.rate, args.channels, halt, sent), daemon=True
+        )
+        thread.start()
+        samples = []
+        began = time.monotonic()
+        while time.monotonic() - began < args.minutes * 60:
+            await asyncio.sleep(args.every)
+            elapsed = time.monotonic() - began
+            received = sum(s.received for s in states)
+            samples.append((elapsed, rss_mib(server.pid), sent[0], received))
+            print(f"t={elapsed:6.0f}s rss={samples[-1][1]:7.1f} MiB published={sent[0]} "
+                  f"delivered={received}", flush=True)  # fmt: skip
+        halt.set()
+        thread.join(5)
+        await asyncio.sleep(2)
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        expected = sum(1 for n in range(sent[0])) * (args.connections // args.channels)
+        delivered = sum(s.received for s in states)
+        disorder = sum(s.out_of_order for s in states)
+        first = samples[0][1]
+        last = samples[-1][1]
+        lines = [
+            "# Soak",
+            "",
+            f"Command: `python bench/soak.py --connections {args.connections} "
+            f"--rate {args.rate} --minutes {args.minutes}` on {os.cpu_count()} cores.",
+            "",
+            f"- connections: {args.connections} on {args.channels} channels; "
+            f"{args.rate} publishes/s for {args.minutes} min ({sent[0]} updates)",
+            f"- server RSS: idle {idle_rss:.1f} MiB, connected {connected_rss:.1f} MiB "
+            f"({(connected_rss - idle_rss) * 1024 / args.connections:.1f} KiB per connection), "
+            f"first sample {first:.1f} MiB, last {last:.1f} MiB "
+            f"(change {last - first:+.1f} MiB)",
+            f"- delivered {delivered} of {expected} expected; out of order: {disorder}",
+            "",
+            "| t (s) | RSS (MiB) | published | delivered |",
+            "|---:|---:|---:|---:|",
+            *[f"| {t:.0f} | {r:.1f} | {p} | {d} |" for t, r, p, d in samples],
+        ]
+        out = ROOT / "bench" / "results" / "soak.md"
+        out.write_text("\n".join(lines) + "\n")
+        print("\n".join(lines[4:7]))
+        print(f"written to {out}")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--connections", type=int, default=10_000)
+    parser.add_argument("--channels", type=int, default=100)
+    parser.add_argument("--rate", type=float, default=100)
+    parser.add_argument("--minutes", type=float, default=10)
+    parser.add_argument("--every", type=float, default=30)
+    asyncio.run(main(parser.parse_args()))
