@@ -14,15 +14,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from websockets.asyncio.client import connect
 
@@ -52,14 +53,12 @@ class Subscriber:
         self.out_of_order = 0
 
 
-async def subscriber(url: str, channel: str, state: Subscriber, stop: asyncio.Event) -> None:
+async def subscriber(url: str, channel: str, state: Subscriber) -> None:
+    """Reads until cancelled (no per-message timeouts: 10,000 timers would be the bench)."""
     async with connect(url, max_size=None, open_timeout=60, ping_interval=None) as ws:
         await ws.send(json.dumps({"type": "subscribe", "channel": channel}))
-        while not stop.is_set():
-            try:
-                message = json.loads(await asyncio.wait_for(ws.recv(), 1))
-            except TimeoutError:
-                continue
+        async for frame in ws:
+            message = json.loads(frame)
             if message["type"] == "update":
                 if message["ts"] <= state.last_ts:
                     state.out_of_order += 1
@@ -67,7 +66,8 @@ async def subscriber(url: str, channel: str, state: Subscriber, stop: asyncio.Ev
                 state.received += 1
 
 
-def publisher(port: int, rate: float, channels: int, stop: threading.Event, sent: list) -> None:
+def publisher(port: int, rate: float, channels: int, stop: Any, sent: Any) -> None:
+    """In a process of its own, so the clients' event loop cannot slow it down."""
     client = PushClient(port=port)
     interval = 1 / rate
     start = time.monotonic()
@@ -75,7 +75,7 @@ def publisher(port: int, rate: float, channels: int, stop: threading.Event, sent
     while not stop.is_set():
         client.send_update(f"soak.{n % channels}", {"n": n, "pad": "x" * 80})
         n += 1
-        sent[0] = n
+        sent.value = n
         delay = start + n * interval - time.monotonic()
         if delay > 0:
             time.sleep(delay)
@@ -101,12 +101,11 @@ async def main(args: argparse.Namespace) -> None:
                 await asyncio.sleep(0.1)
         idle_rss = rss_mib(server.pid)
         url = f"ws://127.0.0.1:{port}/ws"
-        stop = asyncio.Event()
         states = [Subscriber() for _ in range(args.connections)]
         tasks = []
         for i, state in enumerate(states):
             tasks.append(asyncio.create_task(
-                subscriber(url, f"soak.{i % args.channels}", state, stop)
+                subscriber(url, f"soak.{i % args.channels}", state)
             ))  # fmt: skip
             if i % 500 == 499:
                 await asyncio.sleep(0.2)
@@ -114,27 +113,29 @@ async def main(args: argparse.Namespace) -> None:
         connected_rss = rss_mib(server.pid)
         print(f"{args.connections} connections: server RSS {connected_rss:.1f} MiB "
               f"(idle {idle_rss:.1f} MiB)", flush=True)  # fmt: skip
-        halt = threading.Event()
-        sent = [0]
-        thread = threading.Thread(
-            target=publisher, args=(notifier, args.rate, args.channels, halt, sent), daemon=True
+        halt = multiprocessing.Event()
+        sent = multiprocessing.Value("q", 0)
+        process = multiprocessing.Process(
+            target=publisher, args=(notifier, args.rate, args.channels, halt, sent)
         )
-        thread.start()
+        process.start()
         samples = []
         began = time.monotonic()
         while time.monotonic() - began < args.minutes * 60:
             await asyncio.sleep(args.every)
             elapsed = time.monotonic() - began
             received = sum(s.received for s in states)
-            samples.append((elapsed, rss_mib(server.pid), sent[0], received))
-            print(f"t={elapsed:6.0f}s rss={samples[-1][1]:7.1f} MiB published={sent[0]} "
+            samples.append((elapsed, rss_mib(server.pid), sent.value, received))
+            print(f"t={elapsed:6.0f}s rss={samples[-1][1]:7.1f} MiB published={sent.value} "
                   f"delivered={received}", flush=True)  # fmt: skip
         halt.set()
-        thread.join(5)
-        await asyncio.sleep(2)
-        stop.set()
+        process.join(10)
+        await asyncio.sleep(3)
+        for task in tasks:
+            task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        expected = sum(1 for n in range(sent[0])) * (args.connections // args.channels)
+        total = sent.value
+        expected = total * (args.connections // args.channels)
         delivered = sum(s.received for s in states)
         disorder = sum(s.out_of_order for s in states)
         first = samples[0][1]
@@ -146,7 +147,7 @@ async def main(args: argparse.Namespace) -> None:
             f"--rate {args.rate} --minutes {args.minutes}` on {os.cpu_count()} cores.",
             "",
             f"- connections: {args.connections} on {args.channels} channels; "
-            f"{args.rate} publishes/s for {args.minutes} min ({sent[0]} updates)",
+            f"{args.rate} publishes/s for {args.minutes} min ({total} updates)",
             f"- server RSS: idle {idle_rss:.1f} MiB, connected {connected_rss:.1f} MiB "
             f"({(connected_rss - idle_rss) * 1024 / args.connections:.1f} KiB per connection), "
             f"first sample {first:.1f} MiB, last {last:.1f} MiB "

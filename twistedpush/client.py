@@ -6,6 +6,7 @@ It speaks the same commands as the server, imported from :mod:`twistedpush.comma
 from __future__ import annotations
 
 import json
+import select
 import socket
 import struct
 from collections.abc import Iterable, Sequence
@@ -154,13 +155,16 @@ class PushClient:
 def _closed_by_peer(sock: socket.socket) -> bool:
     """True when an idle connection was closed by the server (EOF waiting to be read).
 
-    A non-blocking peek, not select(): select() fails for descriptors past 1023,
-    which a busy Django process easily has.
+    poll(), not select(): select() fails for descriptors past 1023, which a busy
+    Django process easily has. (A peek alone would wait: a socket with a timeout
+    waits for data before it reads, whatever the flags.)
     """
-    try:
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except BlockingIOError:
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    if not poller.poll(0):
         return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
     except OSError:
         return True
 
