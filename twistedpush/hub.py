@@ -25,11 +25,11 @@ class Subscriber(Protocol):
     """Whatever receives a channel's messages: a WebSocket, a long-poll request.
 
     ``lasting`` subscribers (WebSockets) stay until they leave, so presence
-    listeners hear of them; a long-poll request is one answer long and does not.
+    listeners hear of them, and they carry the browser's ``cookie``; a long-poll
+    request is one answer long and does not.
     """
 
     lasting: bool
-    cookie: str | None
 
     def send_update(self, update: Update) -> None: ...
 
@@ -357,9 +357,6 @@ class Hub:
         if not state.live and not state.pending:
             del self._channels[name]
             self.store.unwatch(name)
-
-    def subscriptions_of(self, subscriber: Subscriber) -> frozenset[str]:
-        return frozenset(self._subscriptions.get(subscriber, ()))
 
     def stats(self) -> dict:
         return {

@@ -78,11 +78,6 @@ class _Poll:
         self.done = False
         self.call: IDelayedCall | None = None
 
-    @property
-    def cookie(self) -> str | None:
-        value = self.request.getHeader(b"cookie")
-        return value.decode("latin-1") if value else None
-
     def start(self, subscriptions: list[Subscription]) -> None:
         self.request.notifyFinish().addBoth(self._finished)
         pending = []

@@ -38,7 +38,6 @@ class PushWebSocketProtocol(WebSocketServerProtocol):
     """
 
     factory: PushWebSocketFactory
-    _open = False
     _ip: str | None = None
     _paused = False
     _backlog = 0
@@ -78,9 +77,6 @@ class PushWebSocketProtocol(WebSocketServerProtocol):
         """The handshake's Cookie header (the browser sends the site's cookies on any port)."""
         return self.http_headers.get("cookie")
 
-    def onOpen(self) -> None:
-        self._open = True
-
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if isBinary:
             # 1003 (unsupported data) is a protocol-level code sendClose() refuses.
@@ -104,7 +100,6 @@ class PushWebSocketProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.hub.drop(self)
-        self._open = False
         if self._ip is not None:
             self.factory.admission.release("websocket", self._ip)
             self._ip = None

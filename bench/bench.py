@@ -1,0 +1,679 @@
+"""twistedpush side by side with Nchan and Django Channels, on this machine, in one run.
+
+    bash bench/run.sh            # installs the peers, then: python bench/bench.py
+    python bench/bench.py --smoke   # tiny sizes, seconds: keeps the harness working (CI)
+
+Every server runs on loopback and is driven by the same load generator: one
+process, asyncio + uvloop + picows WebSocket clients, about 100 bytes of JSON per
+update. Publishers keep 1, 8 or 32 publishes in flight (HTTP keep-alive for the
+peers, AMP for twistedpush). Results: bench/results/results.md and bench.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import uvloop
+from picows import WSListener, WSMsgType, ws_connect
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from twistedpush.commands import SendUpdate  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+PAD = "x" * 60  # about 100 bytes of JSON per update with the timestamp
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def proc_children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def rss_kib(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+# Servers
+
+
+@dataclass
+class Peer:
+    """One server under test, and how the load generator talks to it."""
+
+    name: str
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+    history: bool = True  # can replay from a position
+
+    def pids(self) -> list[int]:
+        assert self.process is not None
+        return [self.process.pid, *proc_children(self.process.pid)]
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    # Subscribing
+    def ws_url(self, channels: list[str], replay: bool = False) -> str:
+        raise NotImplementedError
+
+    def subscribe_frames(self, channels: list[str], since: int | None = None) -> list[bytes]:
+        return []
+
+    def payload(self, frame: bytes) -> dict | None:
+        """The published JSON of an update frame, None for other frames."""
+        return json.loads(frame)
+
+    # Publishing
+    async def publisher(self) -> Callable:
+        raise NotImplementedError
+
+
+class HTTPPublisher:
+    """HTTP/1.1 keep-alive POSTs, one request at a time on one connection."""
+
+    def __init__(self, port: int, path: str) -> None:
+        self.port = port
+        self.path = path
+
+    async def open(self) -> HTTPPublisher:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        return self
+
+    async def __call__(self, channel: str, body: bytes) -> None:
+        self.writer.write(
+            f"POST {self.path}{channel} HTTP/1.1\r\nHost: bench\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        if length:
+            await self.reader.readexactly(length)
+        if not head.startswith(b"HTTP/1.1 20"):
+            raise RuntimeError(head[:80])
+
+
+class AMPPublisher:
+    """SendUpdate over asyncio, the same command definition the server uses."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.tag = 0
+
+    async def open(self) -> AMPPublisher:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        return self
+
+    async def __call__(self, channel: str, body: bytes) -> None:
+        self.tag += 1
+        box = SendUpdate.makeArguments({"channel": channel, "data": body, "name": None}, None)
+        box[b"_command"] = b"SendUpdate"
+        box[b"_ask"] = b"%d" % self.tag
+        self.writer.write(box.serialize())
+        answer = {}
+        while True:
+            klen = int.from_bytes(await self.reader.readexactly(2), "big")
+            if klen == 0:
+                break
+            key = await self.reader.readexactly(klen)
+            vlen = int.from_bytes(await self.reader.readexactly(2), "big")
+            answer[key] = await self.reader.readexactly(vlen)
+        if b"_answer" not in answer:
+            raise RuntimeError(answer)
+
+
+class TwistedPush(Peer):
+    def __init__(self, name: str, redis_url: str | None = None) -> None:
+        super().__init__(name)
+        self.notifier = free_port()
+        self.redis_url = redis_url
+
+    def start(self, workdir: Path) -> None:
+        twistd = shutil.which("twistd", path=str(Path(sys.executable).parent)) or "twistd"
+        args = [twistd, "--pidfile=", "-n", "serverpush", "--public", "*",
+                "--port", f"tcp:{self.port}:interface=127.0.0.1:backlog=4096",
+                "--notifier", f"tcp:{self.notifier}:interface=127.0.0.1",
+                "--max-connections", "30000", "--max-connections-per-ip", "30000",
+                "--max-pending-bytes", str(64 * 1024 * 1024)]  # fmt: skip
+        if self.redis_url:
+            args += ["--redis", self.redis_url]
+        log = open(workdir / f"{self.name}.log", "wb")
+        self.process = subprocess.Popen(args, stdout=log, stderr=log)
+        wait_port(self.port)
+        wait_port(self.notifier)
+
+    def ws_url(self, channels: list[str], replay: bool = False) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def subscribe_frames(self, channels: list[str], since: int | None = None) -> list[bytes]:
+        return [
+            json.dumps({"type": "subscribe", "channel": c, "since": since}).encode()
+            for c in channels
+        ]
+
+    def payload(self, frame: bytes) -> dict | None:
+        message = json.loads(frame)
+        return message["data"] if message["type"] == "update" else None
+
+    async def publisher(self) -> Callable:
+        return await AMPPublisher(self.notifier).open()
+
+
+class Nchan(Peer):
+    def start(self, workdir: Path) -> None:
+        prefix = workdir / "nchan"
+        prefix.mkdir(exist_ok=True)
+        template = (ROOT / "bench" / "nchan.conf.template").read_text()
+        conf = prefix / "nginx.conf"
+        conf.write_text(template.format(prefix=prefix, port=self.port))
+        self.process = subprocess.Popen(
+            ["nginx", "-c", str(conf), "-p", str(prefix)],
+            stdout=subprocess.DEVNULL, stderr=open(prefix / "stderr.log", "wb"),
+        )  # fmt: skip
+        wait_port(self.port)
+
+    def ws_url(self, channels: list[str], replay: bool = False) -> str:
+        if replay:
+            return f"ws://127.0.0.1:{self.port}/replay/{channels[0]}"
+        kind = "sub2" if len(channels) == 2 else "sub"
+        return f"ws://127.0.0.1:{self.port}/{kind}/{'/'.join(channels)}"
+
+    async def publisher(self) -> Callable:
+        return await HTTPPublisher(self.port, "/pub/").open()
+
+
+class Channels(Peer):
+    def __init__(self, name: str, redis_url: str) -> None:
+        super().__init__(name, history=False)
+        self.redis_url = redis_url
+
+    def start(self, workdir: Path) -> None:
+        daphne = shutil.which("daphne", path=str(Path(sys.executable).parent)) or "daphne"
+        env = {**os.environ, "REDIS_URL": self.redis_url, "PYTHONPATH": str(ROOT)}
+        self.process = subprocess.Popen(
+            [daphne, "-b", "127.0.0.1", "-p", str(self.port), "bench.channels_app:application"],
+            env=env, stdout=subprocess.DEVNULL,
+            stderr=open(workdir / "channels.log", "wb"),
+        )  # fmt: skip
+        wait_port(self.port)
+
+    def ws_url(self, channels: list[str], replay: bool = False) -> str:
+        return f"ws://127.0.0.1:{self.port}/sub/{'/'.join(channels)}"
+
+    async def publisher(self) -> Callable:
+        return await HTTPPublisher(self.port, "/pub/").open()
+
+
+class Redis:
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(workdir), "--maxclients", "30000"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_port(self.port)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+# Clients
+
+
+class Counter(WSListener):
+    """Counts update frames; records latencies for the first few subscribers."""
+
+    def __init__(self, peer: Peer, measure: bool, latencies: list[float]) -> None:
+        self.peer = peer
+        self.measure = measure
+        self.latencies = latencies
+        self.count = 0
+        self.last_ts = 0
+
+    def on_ws_frame(self, transport, frame) -> None:  # type: ignore[no-untyped-def]
+        if frame.msg_type != WSMsgType.TEXT:
+            return
+        raw = frame.get_payload_as_bytes()
+        if self.measure:
+            data = self.peer.payload(raw)
+            if data is None:
+                return
+            self.latencies.append(time.perf_counter() - data["t"])
+            self.count += 1
+        elif not raw.startswith(b'{"type":"subscribed"'):
+            self.count += 1
+
+
+async def connect_all(
+    peer: Peer, channel_sets: list[list[str]], measure: int = 0, since: int | None = None,
+    replay: bool = False,
+) -> tuple[list, list[Counter], list[float]]:  # fmt: skip
+    latencies: list[float] = []
+    transports, listeners = [], []
+    semaphore = asyncio.Semaphore(200)
+
+    async def one(index: int, channels: list[str]) -> None:
+        async with semaphore:
+            transport, listener = await ws_connect(
+                lambda: Counter(peer, index < measure, latencies),
+                peer.ws_url(channels, replay),
+                websocket_handshake_timeout=60,
+            )
+            for frame in peer.subscribe_frames(channels, since):
+                transport.send(WSMsgType.TEXT, frame)
+            transports.append(transport)
+            listeners.append(listener)
+
+    await asyncio.gather(*(one(i, c) for i, c in enumerate(channel_sets)))
+    await asyncio.sleep(1.0)  # let subscriptions settle (the peers confirm differently)
+    return transports, listeners, latencies
+
+
+def close_all(transports: list) -> None:
+    for transport in transports:
+        transport.disconnect()
+
+
+def body(now: float | None = None) -> bytes:
+    return json.dumps({"t": now if now is not None else time.perf_counter(), "pad": PAD}).encode()
+
+
+async def wait_for_counts(listeners: list[Counter], each: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(listener.count >= each for listener in listeners):
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+# Scenarios
+
+
+async def fan_out(peer: Peer, subscribers: int, publishes: int, in_flight: int) -> dict:
+    transports, listeners, _ = await connect_all(peer, [["fan"]] * subscribers)
+    publishers = [await peer.publisher() for _ in range(in_flight)]
+    queue = iter(range(publishes))
+    cpu0 = cpu_seconds(peer.pids())
+    start = time.perf_counter()
+
+    async def worker(publish: Callable) -> None:
+        for _ in queue:
+            await publish("fan", body())
+
+    await asyncio.gather(*(worker(p) for p in publishers))
+    complete = await wait_for_counts(listeners, publishes, timeout=120)
+    elapsed = time.perf_counter() - start
+    cpu = cpu_seconds(peer.pids()) - cpu0
+    delivered = sum(listener.count for listener in listeners)
+    close_all(transports)
+    return {"deliveries_per_s": delivered / elapsed, "cpu_percent": 100 * cpu / elapsed,
+            "complete": complete}  # fmt: skip
+
+
+async def latency(peer: Peer, subscribers: int, rate: float, seconds: float) -> dict:
+    transports, listeners, samples = await connect_all(peer, [["lat"]] * subscribers, measure=50)
+    publish = await peer.publisher()
+    count = int(rate * seconds)
+    start = time.perf_counter()
+    for n in range(count):
+        delay = start + n / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await publish("lat", body())
+    await wait_for_counts(listeners, count, timeout=60)
+    close_all(transports)
+    samples.sort()
+    return {
+        "p50_ms": 1000 * samples[len(samples) // 2],
+        "p99_ms": 1000 * samples[int(len(samples) * 0.99)],
+        "max_ms": 1000 * samples[-1],
+    }
+
+
+async def many_channels(peer: Peer, connections: int) -> dict:
+    before = rss_kib(peer.pids())
+    started = time.perf_counter()
+    transports, listeners, _ = await connect_all(
+        peer, [[f"own.{i}", "shared"] for i in range(connections)]
+    )
+    connect_s = time.perf_counter() - started
+    await asyncio.sleep(2)
+    idle_kib = (rss_kib(peer.pids()) - before) / connections
+    publishers = [await peer.publisher() for _ in range(8)]
+    jobs = iter([f"own.{i}" for i in range(connections)] + ["shared"])
+    start = time.perf_counter()
+
+    async def worker(publish: Callable) -> None:
+        for channel in jobs:
+            await publish(channel, body())
+
+    await asyncio.gather(*(worker(p) for p in publishers))
+    complete = await wait_for_counts(listeners, 2, timeout=120)
+    elapsed = time.perf_counter() - start
+    close_all(transports)
+    return {"idle_kib_per_connection": idle_kib, "connect_s": connect_s,
+            "deliveries_per_s": sum(x.count for x in listeners) / elapsed,
+            "complete": complete}  # fmt: skip
+
+
+async def catch_up(peer: Peer, clients: int, backlog: int) -> dict:
+    if not peer.history:
+        return {}
+    channel = f"replay{int(time.time())}"
+    since = None
+    if isinstance(peer, TwistedPush):
+        from twistedpush.client import PushClient
+
+        since = PushClient(port=peer.notifier).current_timestamp()
+    publish = await peer.publisher()
+    for _ in range(backlog):
+        await publish(channel, body())
+    start = time.perf_counter()
+    transports, listeners, _ = await connect_all(
+        peer, [[channel]] * clients, since=since, replay=True
+    )
+    complete = await wait_for_counts(listeners, backlog, timeout=120)
+    elapsed = time.perf_counter() - start
+    close_all(transports)
+    return {"replayed_per_s": sum(x.count for x in listeners) / elapsed, "complete": complete}
+
+
+def django_publisher(peer: Peer, seconds: float) -> dict:
+    """send_update() and its peers' equivalents, called from a synchronous Django process."""
+    code = {
+        "twistedpush": f"""
+import time
+from twistedpush.client import PushClient
+c = PushClient(port={getattr(peer, "notifier", 0)})
+n = 0; end = time.perf_counter() + {seconds}
+while time.perf_counter() < end:
+    c.send_update("pub", {{"n": n, "pad": "{PAD}"}}); n += 1
+single = n / {seconds}
+n = 0; end = time.perf_counter() + {seconds}
+while time.perf_counter() < end:
+    c.send_updates([("pub", {{"n": i, "pad": "{PAD}"}}) for i in range(500)]); n += 500
+print(single, n / {seconds})
+""",
+        "nchan": f"""
+import http.client, json, time
+c = http.client.HTTPConnection("127.0.0.1", {peer.port})
+n = 0; end = time.perf_counter() + {seconds}
+while time.perf_counter() < end:
+    c.request("POST", "/pub/pub", json.dumps({{"n": n, "pad": "{PAD}"}}))
+    c.getresponse().read(); n += 1
+print(n / {seconds}, "nan")
+""",
+        "channels": f"""
+import os, time
+os.environ["REDIS_URL"] = "{getattr(peer, "redis_url", "")}"
+import bench.channels_app
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+send = async_to_sync(get_channel_layer().group_send)
+n = 0; end = time.perf_counter() + {seconds}
+while time.perf_counter() < end:
+    send("pub", {{"type": "push", "text": "x"}}); n += 1
+print(n / {seconds}, "nan")
+""",
+    }[peer.name.split("-")[0]]
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=seconds * 4 + 60,
+    )  # fmt: skip
+    single, batched = out.stdout.split()
+    return {"single_per_s": float(single), "batched_per_s": float(batched)}
+
+
+# The run
+
+
+SIZES = {
+    "full": {"fan_subs": 1000, "fan_publishes": 300, "lat_subs": 1000, "lat_rate": 200,
+             "lat_seconds": 10, "many": 10000, "catch_clients": 1000, "catch_backlog": 100,
+             "pub_seconds": 5},
+    "smoke": {"fan_subs": 20, "fan_publishes": 20, "lat_subs": 20, "lat_rate": 50,
+              "lat_seconds": 1, "many": 50, "catch_clients": 10, "catch_backlog": 10,
+              "pub_seconds": 0.5},
+}  # fmt: skip
+
+
+async def run_peer(peer: Peer, size: dict) -> dict:
+    results: dict = {}
+    print(f"[{peer.name}] fan-out", flush=True)
+    for in_flight in (1, 8, 32):
+        results[f"fanout_{in_flight}"] = await fan_out(
+            peer, size["fan_subs"], size["fan_publishes"] * max(1, in_flight // 4), in_flight
+        )
+        print(
+            f"[{peer.name}]   {in_flight} in flight: {results[f'fanout_{in_flight}']}", flush=True
+        )
+    print(f"[{peer.name}] latency", flush=True)
+    results["latency"] = await latency(
+        peer, size["lat_subs"], size["lat_rate"], size["lat_seconds"]
+    )
+    print(f"[{peer.name}]   {results['latency']}", flush=True)
+    print(f"[{peer.name}] many channels", flush=True)
+    results["many"] = await many_channels(peer, size["many"])
+    print(f"[{peer.name}]   {results['many']}", flush=True)
+    print(f"[{peer.name}] catch-up", flush=True)
+    results["catch_up"] = await catch_up(peer, size["catch_clients"], size["catch_backlog"])
+    print(f"[{peer.name}]   {results['catch_up']}", flush=True)
+    print(f"[{peer.name}] publisher from Django", flush=True)
+    results["publisher"] = django_publisher(peer, size["pub_seconds"])
+    print(f"[{peer.name}]   {results['publisher']}", flush=True)
+    return results
+
+
+def versions() -> dict:
+    import autobahn
+
+    import twisted
+
+    out = {"python": platform.python_version(), "twisted": twisted.__version__,
+           "autobahn": autobahn.__version__}  # fmt: skip
+    for package in ("channels", "daphne", "channels_redis", "picows"):
+        try:
+            out[package] = __import__(package).__version__
+        except Exception:
+            out[package] = "?"
+    nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
+    out["nginx"] = nginx.split("/")[-1] if nginx else "?"
+    nchan = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "libnginx-mod-nchan"],
+                           capture_output=True, text=True).stdout  # fmt: skip
+    out["nchan"] = nchan or "?"
+    return out
+
+
+ROWS = [
+    ("fan-out, 1 in flight: deliveries/s", lambda r: r["fanout_1"]["deliveries_per_s"], True),
+    ("fan-out, 8 in flight: deliveries/s", lambda r: r["fanout_8"]["deliveries_per_s"], True),
+    ("fan-out, 32 in flight: deliveries/s", lambda r: r["fanout_32"]["deliveries_per_s"], True),
+    ("fan-out, 32 in flight: server CPU %", lambda r: r["fanout_32"]["cpu_percent"], False),
+    ("latency at 200/s: p50 ms", lambda r: r["latency"]["p50_ms"], False),
+    ("latency at 200/s: p99 ms", lambda r: r["latency"]["p99_ms"], False),
+    ("latency at 200/s: max ms", lambda r: r["latency"]["max_ms"], False),
+    ("many channels: deliveries/s", lambda r: r["many"]["deliveries_per_s"], True),
+    ("many channels: connect all (s)", lambda r: r["many"]["connect_s"], False),
+    ("idle RSS per WebSocket (KiB)", lambda r: r["many"]["idle_kib_per_connection"], False),
+    ("catch-up: replayed/s", lambda r: r["catch_up"]["replayed_per_s"], True),
+    ("publisher from Django: calls/s", lambda r: r["publisher"]["single_per_s"], True),
+    ("publisher from Django: batched updates/s", lambda r: r["publisher"]["batched_per_s"], True),
+]
+
+
+def fmt(value: float | None) -> str:
+    if value is None or value != value:
+        return "n/a"
+    return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
+
+
+def report(all_results: dict, size_name: str, elapsed: float) -> str:
+    names = list(all_results)
+    ours = [n for n in names if n.startswith("twistedpush")]
+    peers = [n for n in names if not n.startswith("twistedpush")]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Command: `bash bench/run.sh` ({size_name} sizes, {elapsed / 60:.1f} min) on "
+        f"{platform.node()}: {os.cpu_count()} cores, Linux {platform.release()}.",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
+        "",
+        "| scenario | "
+        + " | ".join(names)
+        + " | "
+        + " | ".join(f"{o} / {p}" for o in ours[:1] for p in peers)
+        + " |",
+        "|---" * (1 + len(names) + len(peers[:]) * min(1, len(ours))) + "|",
+    ]
+    for label, get, _higher_better in ROWS:
+        values = {}
+        for name in names:
+            try:
+                values[name] = get(all_results[name])
+            except (KeyError, TypeError):
+                values[name] = None
+        ratios = []
+        for ours_name in ours[:1]:
+            for peer in peers:
+                a, b = values.get(ours_name), values.get(peer)
+                ratios.append(f"{a / b:.2f}x" if a and b and b == b and a == a else "n/a")
+        lines.append(f"| {label} | " + " | ".join(fmt(values[n]) for n in names) + " | "
+                     + " | ".join(ratios) + " |")  # fmt: skip
+    lines += ["", "Raw results:", "", "```json", json.dumps(all_results, indent=1), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def chart(all_results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(all_results)
+    shown = [ROWS[0], ROWS[2], ROWS[5], ROWS[9]]
+    figure, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 3.5))
+    for axis, (label, get, _) in zip(axes, shown, strict=True):
+        values = []
+        for name in names:
+            try:
+                values.append(get(all_results[name]) or 0)
+            except (KeyError, TypeError):
+                values.append(0)
+        axis.bar(names, values, color=["#2a7" if n.startswith("twistedpush") else "#888"
+                                       for n in names])  # fmt: skip
+        axis.set_title(label, fontsize=9)
+        axis.tick_params(axis="x", labelrotation=30, labelsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: check the harness")
+    parser.add_argument("--only", nargs="*", help="peers to run (default: all)")
+    args = parser.parse_args()
+    size_name = "smoke" if args.smoke else "full"
+    size = SIZES[size_name]
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        redis = Redis(workdir)
+        peers: list[Peer] = [
+            TwistedPush("twistedpush"),
+            TwistedPush("twistedpush-redis", redis.url),
+            Nchan("nchan"),
+            Channels("channels", redis.url),
+        ]
+        if args.only:
+            peers = [p for p in peers if p.name in args.only]
+        results = {}
+        try:
+            for peer in peers:
+                print(f"== {peer.name}", flush=True)
+                peer.start(workdir)
+                try:
+                    results[peer.name] = uvloop.run(run_peer(peer, size))
+                finally:
+                    peer.stop()
+        finally:
+            redis.stop()
+    RESULTS.mkdir(exist_ok=True)
+    suffix = "-smoke" if args.smoke else ""
+    text = report(results, size_name, time.monotonic() - began)
+    (RESULTS / f"results{suffix}.md").write_text(text)
+    chart(results, RESULTS / f"bench{suffix}.png")
+    print(text.split("\nRaw results:")[0])
+    print(f"written to {RESULTS}/results{suffix}.md and bench{suffix}.png")
+    if not results:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
