@@ -312,7 +312,7 @@ class Counter(WSListener):
 
 async def connect_all(
     peer: Peer, channel_sets: list[list[str]], measure: int = 0, since: int | None = None,
-    replay: bool = False,
+    replay: bool = False, settle: float = 1.0,
 ) -> tuple[list, list[Counter], list[float]]:  # fmt: skip
     latencies: list[float] = []
     transports, listeners = [], []
@@ -331,7 +331,7 @@ async def connect_all(
             listeners.append(listener)
 
     await asyncio.gather(*(one(i, c) for i, c in enumerate(channel_sets)))
-    await asyncio.sleep(1.0)  # let subscriptions settle (the peers confirm differently)
+    await asyncio.sleep(settle)  # let subscriptions settle (the peers confirm differently)
     return transports, listeners, latencies
 
 
@@ -437,7 +437,7 @@ async def catch_up(peer: Peer, clients: int, backlog: int) -> dict:
         await publish(channel, body())
     start = time.perf_counter()
     transports, listeners, _ = await connect_all(
-        peer, [[channel]] * clients, since=since, replay=True
+        peer, [[channel]] * clients, since=since, replay=True, settle=0
     )
     complete = await wait_for_counts(listeners, backlog, timeout=120)
     elapsed = time.perf_counter() - start

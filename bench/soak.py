@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,11 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def health(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as response:
+        return json.load(response)
 
 
 def rss_mib(pid: int) -> float:
@@ -86,7 +92,7 @@ async def main(args: argparse.Namespace) -> None:
     twistd = shutil.which("twistd", path=str(Path(sys.executable).parent)) or "twistd"
     server = subprocess.Popen(
         [twistd, "--pidfile=", "-n", "serverpush", "--public", "*",
-         "--port", f"tcp:{port}:interface=127.0.0.1",
+         "--port", f"tcp:{port}:interface=127.0.0.1:backlog=4096",
          "--notifier", f"tcp:{notifier}:interface=127.0.0.1",
          "--max-connections", str(args.connections + 100),
          "--max-connections-per-ip", str(args.connections + 100)],
@@ -109,8 +115,14 @@ async def main(args: argparse.Namespace) -> None:
             ))  # fmt: skip
             if i % 500 == 499:
                 await asyncio.sleep(0.2)
-        await asyncio.sleep(5)
+        for _ in range(120):  # every client connected and subscribed, then measure
+            await asyncio.sleep(1)
+            if health(port)["subscriptions"] >= args.connections:
+                break
         connected_rss = rss_mib(server.pid)
+        opened = health(port)["connections"]["websocket"]
+        failed = sum(1 for t in tasks if t.done() and t.exception() is not None)
+        print(f"server sees {opened} WebSocket connections; {failed} clients failed", flush=True)
         print(f"{args.connections} connections: server RSS {connected_rss:.1f} MiB "
               f"(idle {idle_rss:.1f} MiB)", flush=True)  # fmt: skip
         halt = multiprocessing.Event()
@@ -135,6 +147,7 @@ async def main(args: argparse.Namespace) -> None:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         total = sent.value
+        final = health(port)
         expected = total * (args.connections // args.channels)
         delivered = sum(s.received for s in states)
         disorder = sum(s.out_of_order for s in states)
@@ -152,7 +165,9 @@ async def main(args: argparse.Namespace) -> None:
             f"({(connected_rss - idle_rss) * 1024 / args.connections:.1f} KiB per connection), "
             f"first sample {first:.1f} MiB, last {last:.1f} MiB "
             f"(change {last - first:+.1f} MiB)",
-            f"- delivered {delivered} of {expected} expected; out of order: {disorder}",
+            f"- delivered {delivered} of {expected} expected; out of order: {disorder}; "
+            f"server saw {opened} connections open, dropped {final['slow_client_drops']} "
+            f"slow clients; {failed} clients failed to connect",
             "",
             "| t (s) | RSS (MiB) | published | delivered |",
             "|---:|---:|---:|---:|",
