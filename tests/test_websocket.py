@@ -67,7 +67,7 @@ def test_subscribe_replay_then_live(ws):
     assert client.received[2]["name"] == "n"
 
 
-def test_fan_out_frames_each_update_once():
+def test_fan_out_frames_each_update_once(monkeypatch):
     clock = make_clock()
     hub = make_hub(clock)
     site = make_site(hub, clock)
@@ -75,10 +75,11 @@ def test_fan_out_frames_each_update_once():
     for client, server, pump in connections:
         client.send_json({"type": "subscribe", "channel": "room"})
         pump.flush()
-    factory = site.resource.children[b"ws"]._factory
+    from twistedpush import websocket
+
     framed = []
-    original = factory.prepareMessage
-    factory.prepareMessage = lambda payload: framed.append(payload) or original(payload)
+    original = websocket.text_frame
+    monkeypatch.setattr(websocket, "text_frame", lambda p: framed.append(p) or original(p))
     publish(hub, "room", {"x": 1})
     for client, server, pump in connections:
         pump.flush()
@@ -160,3 +161,31 @@ def test_closing_forgets_the_subscriptions(ws):
     pump.flush()
     assert hub.stats()["subscriptions"] == 0
     publish(hub, "pub.a", 1)
+
+
+def test_messages_of_one_turn_go_out_in_one_write_in_order():
+    clock = make_clock()
+    hub = make_hub(clock)
+    site = make_site(hub, clock)
+    client, server, pump = connect(site, clock)
+    client.send_json({"type": "subscribe", "channel": "room"})
+    pump.flush()
+    writes = []
+    transport = pump.serverIO
+    original = transport.write
+    transport.write = lambda data: writes.append(data) or original(data)
+    for n in range(5):
+        publish(hub, "room", n)
+    client.send_json({"type": "subscribe", "channel": "bad name"})
+    pump.flush()
+    assert [m.get("data") for m in client.received[1:6]] == [0, 1, 2, 3, 4]
+    assert client.received[6]["code"] == "bad_channel"
+    assert len(writes) == 2  # the five updates together; the error in its own turn
+
+
+def test_text_frames_of_every_length_class():
+    from twistedpush.websocket import text_frame
+
+    assert text_frame(b"hi") == b"\x81\x02hi"
+    assert text_frame(b"x" * 200)[:4] == b"\x81\x7e\x00\xc8"
+    assert text_frame(b"x" * 70000)[:10] == b"\x81\x7f" + (70000).to_bytes(8, "big")

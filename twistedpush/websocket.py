@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -24,6 +23,16 @@ from twistedpush.wire import (
 )
 
 log = Logger()
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A final, unmasked text frame, as a server sends it (RFC 6455, 5.2)."""
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 65536:
+        return b"\x81\x7e" + size.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + size.to_bytes(8, "big") + payload
 
 SLOW_CLIENT = 4000
 """Close code for a client dropped for not reading: reconnect and catch up."""
@@ -104,15 +113,49 @@ class PushWebSocketProtocol(WebSocketServerProtocol):
             self.factory.admission.release("websocket", self._ip)
             self._ip = None
 
-    def _writable(self, size: int) -> bool:
+    # Output: every message of this connection goes through one outbox, written
+    # once per reactor turn (see PushWebSocketFactory.flush), so they stay in order.
+
+    _outbox: list[bytes] | None = None
+
+    def _queue(self, frame: bytes) -> None:
         if self.state != self.STATE_OPEN:
-            return False
+            return
         if self._paused:
-            self._backlog += size
+            self._backlog += len(frame)
             if self._backlog > self.factory.max_pending_bytes:
                 self._drop_slow()
-                return False
-        return True
+                return
+        if self._outbox is None:
+            self._outbox = [frame]
+            self.factory.mark_dirty(self)
+        else:
+            self._outbox.append(frame)
+
+    def flush(self) -> None:
+        """Write the turn's frames in one piece: straight to the socket when Twisted
+        holds nothing unsent for it (no buffering, no poller changes), else through
+        the transport, which keeps the order."""
+        frames, self._outbox = self._outbox, None
+        if not frames or self.state != self.STATE_OPEN:
+            return
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        transport = self.transport
+        sock = getattr(transport, "socket", None)
+        if (
+            sock is not None
+            and not transport.dataBuffer
+            and not transport._tempDataBuffer
+            and not self.send_queue
+        ):
+            try:
+                sent = sock.send(data)
+            except OSError:
+                sent = 0  # would block, or broken: Twisted finds out and reports it
+            if sent == len(data):
+                return
+            data = data[sent:]
+        transport.write(data)
 
     def _drop_slow(self) -> None:
         self.factory.slow_drops += 1
@@ -127,17 +170,15 @@ class PushWebSocketProtocol(WebSocketServerProtocol):
         self.dropConnection(abort=True)
 
     def _send(self, message: dict) -> None:
-        payload = encode(message)
-        if self._writable(len(payload)):
-            self.sendMessage(payload)
+        self._queue(text_frame(encode(message)))
 
     def send_update(self, update: Update) -> None:
-        if self._writable(len(update.message)):
-            self.sendPreparedMessage(self.factory.prepared(update))
+        self._queue(self.factory.frame(update))
 
     def going_away(self) -> None:
         """The server is stopping: tell the browser to reconnect (to another node)."""
         if self.state == self.STATE_OPEN:
+            self.flush()
             self.sendCloseFrame(1001, b"server going away: reconnect")
 
     def send_reset(self, channel: str, now: int) -> None:
@@ -165,7 +206,9 @@ class PushWebSocketFactory(WebSocketServerFactory):
         self.max_message_size = max_message_size
         self.max_pending_bytes = admission.limits.max_pending_bytes
         self.slow_drops = 0
-        self._last: tuple[Update | None, PreparedMessage | None] = (None, None)
+        self.dirty: list[PushWebSocketProtocol] = []
+        self._flush_call: Any = None
+        self._last: tuple[Update | None, bytes] = (None, b"")
         # Larger frames are cut off outright; up to this bound they get a too_large error.
         hard_limit = max(65536, 4 * max_message_size)
         self.setProtocolOptions(
@@ -173,12 +216,26 @@ class PushWebSocketFactory(WebSocketServerFactory):
             maxMessagePayloadSize=hard_limit,
             autoPingInterval=30,
             autoPingTimeout=30,
+            # Frames are written as plain text frames (see flush): no compression.
+            perMessageCompressionAccept=lambda offers: None,
         )
 
-    def prepared(self, update: Update) -> PreparedMessage:
-        """The framed message for ``update``; fan-out asks for the same update in a row."""
-        last, message = self._last
-        if last is not update or message is None:
-            message = self.prepareMessage(update.message)
-            self._last = (update, message)
-        return message
+    def frame(self, update: Update) -> bytes:
+        """The WebSocket frame of ``update``; fan-out asks for the same update in a row."""
+        last, frame = self._last
+        if last is not update:
+            frame = text_frame(update.message)
+            self._last = (update, frame)
+        return frame
+
+    def mark_dirty(self, protocol: PushWebSocketProtocol) -> None:
+        """``protocol`` has frames to write: flush them all at the end of this turn."""
+        self.dirty.append(protocol)
+        if self._flush_call is None:
+            self._flush_call = self.reactor.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        self._flush_call = None
+        dirty, self.dirty = self.dirty, []
+        for protocol in dirty:
+            protocol.flush()
