@@ -149,3 +149,24 @@ def test_sink_matches_the_subscriber_protocol():
     sink = _Sink()
     hub.subscribe(sink, "room")
     assert hub.stats()["subscriptions"] == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.dictionaries(st.binary(min_size=1, max_size=20), st.binary(max_size=300), max_size=4),
+        max_size=5,
+    )
+)
+def test_box_parser_reads_back_what_amp_writes(boxes):
+    from twistedpush.commands import parse_boxes
+
+    wire = b"".join(amp.AmpBox(box).serialize() for box in boxes)
+    assert [dict(box) for box in parse_boxes(wire)] == boxes
+    if wire:
+        try:
+            parse_boxes(wire[:-1])
+        except ValueError:
+            pass
+        else:
+            raise AssertionError("a truncated sequence was accepted")

@@ -8,7 +8,6 @@ does.
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,9 +30,11 @@ class Update:
 
     @classmethod
     def create(cls, channel: str, ts: int, name: str | None, data: str) -> Update:
+        """``channel`` and ``name`` are validated names (no character JSON escapes) and
+        ``data`` is validated JSON, so the message is put together without encoding."""
+        quoted = "null" if name is None else f'"{name}"'
         message = (
-            f'{{"type":"update","channel":{json.dumps(channel)},"ts":{ts},'
-            f'"name":{json.dumps(name)},"data":{data}}}'
+            f'{{"type":"update","channel":"{channel}","ts":{ts},"name":{quoted},"data":{data}}}'
         ).encode()
         return cls(channel, ts, name, data, message)
 

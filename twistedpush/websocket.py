@@ -34,6 +34,7 @@ def text_frame(payload: bytes) -> bytes:
         return b"\x81\x7e" + size.to_bytes(2, "big") + payload
     return b"\x81\x7f" + size.to_bytes(8, "big") + payload
 
+
 SLOW_CLIENT = 4000
 """Close code for a client dropped for not reading: reconnect and catch up."""
 
