@@ -137,6 +137,13 @@ class HTTPPublisher:
         return self
 
     async def __call__(self, channel: str, body: bytes) -> None:
+        try:
+            await self._post(channel, body)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            await self.open()  # the server ended the keep-alive connection: open another
+            await self._post(channel, body)
+
+    async def _post(self, channel: str, body: bytes) -> None:
         self.writer.write(
             f"POST {self.path}{channel} HTTP/1.1\r\nHost: bench\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
@@ -662,6 +669,8 @@ def main() -> None:
                     results[peer.name] = uvloop.run(run_peer(peer, size))
                 finally:
                     peer.stop()
+                RESULTS.mkdir(exist_ok=True)
+                (RESULTS / f"partial-{size_name}.json").write_text(json.dumps(results))
         finally:
             redis.stop()
     RESULTS.mkdir(exist_ok=True)
