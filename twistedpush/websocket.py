@@ -21,6 +21,7 @@ from twistedpush.wire import (
     reset_message,
     subscribed_message,
 )
+from twistedpush.writes import write_now
 
 log = Logger()
 
@@ -134,29 +135,15 @@ class PushWebSocketProtocol(WebSocketServerProtocol):
             self._outbox.append(frame)
 
     def flush(self) -> None:
-        """Write the turn's frames in one piece: straight to the socket when Twisted
-        holds nothing unsent for it (no buffering, no poller changes), else through
-        the transport, which keeps the order."""
+        """Write the turn's frames in one piece (after any frame Autobahn queued)."""
         frames, self._outbox = self._outbox, None
         if not frames or self.state != self.STATE_OPEN:
             return
         data = frames[0] if len(frames) == 1 else b"".join(frames)
-        transport = self.transport
-        sock = getattr(transport, "socket", None)
-        if (
-            sock is not None
-            and not transport.dataBuffer
-            and not transport._tempDataBuffer
-            and not self.send_queue
-        ):
-            try:
-                sent = sock.send(data)
-            except OSError:
-                sent = 0  # would block, or broken: Twisted finds out and reports it
-            if sent == len(data):
-                return
-            data = data[sent:]
-        transport.write(data)
+        if self.send_queue:
+            self.transport.write(data)
+        else:
+            write_now(self.transport, data)
 
     def _drop_slow(self) -> None:
         self.factory.slow_drops += 1
