@@ -83,6 +83,15 @@ def publish_steadily(port_of, count, acked, failed, interval=0.004):
         time.sleep(interval)
 
 
+def start_publishing(port_of, count=600):
+    """A publisher thread; returns it with the acknowledged (ts, value) list and the
+    values whose publication failed (maybe stored, never acknowledged)."""
+    acked, failed = [], set()
+    thread = threading.Thread(target=publish_steadily, args=(port_of, count, acked, failed))
+    thread.start()
+    return thread, acked, failed
+
+
 def check(clients, acked, failed):
     stamps = [ts for ts, _ in acked]
     assert stamps == sorted(stamps)
@@ -135,11 +144,7 @@ def test_chaos_memory_server_killed_and_restarted(push_server):
     server = push_server("--public", "*", "--history-size", "5000")
     since = PushClient(port=server.notifier_port).current_timestamp()
     clients = run_clients([server], since)
-    acked, failed = [], set()
-    publisher = threading.Thread(
-        target=publish_steadily, args=(lambda: server.notifier_port, 600, acked, failed)
-    )
-    publisher.start()
+    publisher, acked, failed = start_publishing(lambda: server.notifier_port)
     time.sleep(1.0)
     server.stop(signal.SIGKILL)
     server.start()  # memory history: everything before is gone, clients must be told
@@ -154,11 +159,7 @@ def test_chaos_redis_node_and_redis_killed(push_server, redis_server):
     b = push_server("--public", "*", "--redis", redis_server.url, "--history-size", "5000")
     since = PushClient(port=b.notifier_port).current_timestamp()
     clients = run_clients([a, b], since)
-    acked, failed = [], set()
-    publisher = threading.Thread(
-        target=publish_steadily, args=(lambda: b.notifier_port, 600, acked, failed)
-    )
-    publisher.start()
+    publisher, acked, failed = start_publishing(lambda: b.notifier_port)
     time.sleep(0.8)
     a.stop(signal.SIGKILL)
     a.start()
