@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet import tcp
+
 
 def write_now(transport: Any, data: bytes) -> None:
     """Send ``data`` on the socket at once when Twisted holds nothing unsent for it.
@@ -11,13 +13,18 @@ def write_now(transport: Any, data: bytes) -> None:
     Twisted buffers every write until the poller reports the socket writable,
     which costs a poller change and a reactor turn per connection. When nothing
     is buffered, sending straight away keeps the order and saves both; what the
-    kernel does not take (and any transport without a plain socket, TLS say)
-    goes through ``transport.write`` as usual.
+    kernel does not take, and anything on another kind of transport, goes through
+    ``transport.write`` as usual. (Only a plain TCP connection: a TLS wrapper
+    forwards ``socket`` to the TCP transport below it, which must never see
+    plaintext.)
     """
-    sock = getattr(transport, "socket", None)
-    if sock is not None and not transport.dataBuffer and not transport._tempDataBuffer:
+    if (
+        isinstance(transport, tcp.Connection)
+        and not transport.dataBuffer
+        and not transport._tempDataBuffer
+    ):
         try:
-            sent = sock.send(data)
+            sent = transport.socket.send(data)
         except OSError:
             sent = 0  # would block, or broken: Twisted finds out and reports it
         if sent == len(data):
