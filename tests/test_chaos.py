@@ -7,7 +7,6 @@ in order) except across an explicit reset. The counts are printed as a report.
 import json
 import random
 import signal
-import sys
 import threading
 import time
 
@@ -117,8 +116,12 @@ def check(clients, acked, failed):
                 assert not gap, f"client missed {len(gap)} acknowledged updates"
             previous = ts
         assert client.last_update() == stamps[-1], "client did not reach the end"
-    print(f"\nchaos report: {report}", file=sys.__stdout__, flush=True)
     return report
+
+
+def show(capsys, name, report):
+    with capsys.disabled():
+        print(f"\nchaos report ({name}): {report}")
 
 
 def run_clients(nodes, since, count=6):
@@ -140,7 +143,7 @@ def finish(clients, acked, timeout=30):
         client.join(5)
 
 
-def test_chaos_memory_server_killed_and_restarted(push_server):
+def test_chaos_memory_server_killed_and_restarted(push_server, capsys):
     server = push_server("--public", "*", "--history-size", "5000")
     since = PushClient(port=server.notifier_port).current_timestamp()
     clients = run_clients([server], since)
@@ -151,10 +154,11 @@ def test_chaos_memory_server_killed_and_restarted(push_server):
     publisher.join(60)
     finish(clients, acked)
     report = check(clients, acked, failed)
+    show(capsys, "memory, server killed", report)
     assert report["resets"] >= 1
 
 
-def test_chaos_redis_node_and_redis_killed(push_server, redis_server):
+def test_chaos_redis_node_and_redis_killed(push_server, redis_server, capsys):
     a = push_server("--public", "*", "--redis", redis_server.url, "--history-size", "5000")
     b = push_server("--public", "*", "--redis", redis_server.url, "--history-size", "5000")
     since = PushClient(port=b.notifier_port).current_timestamp()
@@ -168,4 +172,4 @@ def test_chaos_redis_node_and_redis_killed(push_server, redis_server):
     redis_server.start()  # with its append-only file: nothing acknowledged is lost
     publisher.join(60)
     finish(clients, acked)
-    check(clients, acked, failed)
+    show(capsys, "redis, node and redis killed", check(clients, acked, failed))
