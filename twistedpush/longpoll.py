@@ -60,13 +60,6 @@ class _Poll:
 
     lasting = False
 
-    def going_away(self) -> None:
-        """The server is stopping: answer now with what there is."""
-        if not self.done and self.caught_up:
-            if self.call is not None and self.call.active():
-                self.call.cancel()
-            self._answer()
-
     def __init__(self, hub: Hub, clock: IReactorTime, request: Request, timeout: float) -> None:
         self.hub = hub
         self.clock = clock
@@ -99,6 +92,13 @@ class _Poll:
             return
         delay = 0 if self.messages or self.cursor is None else self.timeout
         self.call = self.clock.callLater(delay, self._answer)
+
+    def going_away(self) -> None:
+        """The server is stopping: answer now with what there is."""
+        if not self.done and self.caught_up:
+            if self.call is not None and self.call.active():
+                self.call.cancel()
+            self._answer()
 
     def send_update(self, update: Update) -> None:
         self.messages.append(update.message)
