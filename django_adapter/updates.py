@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -105,8 +106,6 @@ def parse_spec(raw: Any, where: str) -> Spec:
 
 def update_function(view: Callable) -> Callable | None:
     """The ``<view>_update`` function beside ``view`` (function or class-based), if any."""
-    import sys
-
     target = getattr(view, "view_class", view)
     module = sys.modules.get(getattr(target, "__module__", ""), None)
     name = getattr(target, "__name__", None)

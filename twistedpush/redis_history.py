@@ -205,8 +205,7 @@ class RedisHistory:
         self._listener_factory: _ListenerFactory | None = None
         self._listener: _Listener | None = None
         self._watched: dict[str, Deferred | None] = {}
-        self._prefix_length = len(self._args[0]) + 2
-        self.resyncs = 0
+        self._pubsub_prefix = self._args[0] + "u:"
 
     # Lifecycle
 
@@ -300,7 +299,7 @@ class RedisHistory:
         if isinstance(state, list):
             self._release(state, Unavailable("unsubscribed"))
         if self._listener is not None:
-            self._listener.unsubscribe(self._args[0] + "u:" + channel)
+            self._listener.unsubscribe(self._pubsub_prefix + channel)
 
     def _when_subscribed(self, channel: str) -> Deferred:
         state = self._watched.get(channel)
@@ -322,7 +321,6 @@ class RedisHistory:
                 self._watched[channel] = True
                 self._release(waiters, None)
                 if resync:
-                    self.resyncs += 1
                     self._on_resync(channel)
 
         def failed(failure: Any) -> None:
@@ -341,7 +339,7 @@ class RedisHistory:
                 listener.subscribe(redis_channel).addCallbacks(subscribed, failed)
 
         listener = self._listener
-        redis_channel = self._args[0] + "u:" + channel
+        redis_channel = self._pubsub_prefix + channel
         listener.subscribe(redis_channel).addCallbacks(subscribed, failed)
 
     @staticmethod
@@ -353,7 +351,7 @@ class RedisHistory:
                 waiter.errback(error)
 
     def received(self, redis_channel: str, entry: str) -> None:
-        self._on_update(_parse_entry(redis_channel[self._prefix_length :], entry))
+        self._on_update(_parse_entry(redis_channel.removeprefix(self._pubsub_prefix), entry))
 
     def listener_up(self, listener: _Listener) -> None:
         """(Re)subscribe every watched channel; after a loss, have each one resynced."""
