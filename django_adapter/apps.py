@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from django.apps import AppConfig, apps
@@ -126,6 +127,18 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 "E007",
             )
         )
+    for name, value, rule, fits in (
+        ("SERVERPUSH_TIMEOUT", settings.TIMEOUT, "over 0", lambda v: 0 < v < math.inf),
+        ("SERVERPUSH_SPIN", settings.SPIN, "from 0 to 0.01", lambda v: 0 <= v <= 0.01),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not fits(value):
+            errors.append(
+                _error(
+                    f"{name} must be a number of seconds {rule}, got {value!r}.",
+                    "Use a number.",
+                    "E010",
+                )
+            )
     if settings.REDIS_URL:
         from twistedpush.tap import parse_redis_url
 

@@ -21,8 +21,13 @@ _local = threading.local()
 def get_client() -> PushClient:
     """This thread's connection to the notifier (made on first use, remade if it broke)."""
     client: PushClient | None = getattr(_local, "client", None)
-    target = (settings.NOTIFIER_HOST, int(settings.NOTIFIER_PORT), float(settings.TIMEOUT))
-    if client is None or (client.host, client.port, client.timeout) != target:
+    target = (
+        settings.NOTIFIER_HOST,
+        int(settings.NOTIFIER_PORT),
+        float(settings.TIMEOUT),
+        float(settings.SPIN),
+    )
+    if client is None or (client.host, client.port, client.timeout, client.spin) != target:
         if client is not None:
             client.close()
         client = _local.client = PushClient(*target)

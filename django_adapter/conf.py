@@ -1,8 +1,9 @@
 """twistedpush settings for Django, with their defaults, in one place.
 
-Read them as ``conf.settings.PORT`` and so on: every value is looked up in
-Django's settings (``SERVERPUSH_PORT``) at the moment it is used, so tests can
-override them.
+Read them as ``conf.settings.PORT`` and so on: each value is looked up in
+Django's settings (``SERVERPUSH_PORT``) when first used, then kept, because
+``send_update`` reads three of them on every call; ``override_settings`` (and
+pytest-django's ``settings``) clear what was kept through ``setting_changed``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hmac
 from typing import Any
 
 from django.conf import settings as django_settings
+from django.core.signals import setting_changed
 
 DEFAULTS: dict[str, Any] = {
     "PORT": 8013,
@@ -25,6 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "HISTORY_TTL": 3600,
     "REDIS_URL": None,
     "TIMEOUT": 5.0,
+    "SPIN": 0.0002,
     "TOKEN_TTL": 24 * 3600,
 }
 
@@ -35,7 +38,12 @@ class Settings:
     def __getattr__(self, name: str) -> Any:
         if name not in DEFAULTS:
             raise AttributeError(f"no twistedpush setting {name!r}")
-        return getattr(django_settings, f"SERVERPUSH_{name}", DEFAULTS[name])
+        value = self.__dict__[name] = getattr(django_settings, f"SERVERPUSH_{name}", DEFAULTS[name])
+        return value
+
+    def reload(self) -> None:
+        """Forget the values kept, so that the next reads see Django's settings."""
+        self.__dict__.clear()
 
     @property
     def secret(self) -> str:
@@ -50,3 +58,11 @@ class Settings:
 
 
 settings = Settings()
+
+
+def _reload(*, setting: str, **kwargs: Any) -> None:
+    if setting.startswith("SERVERPUSH_"):
+        settings.reload()
+
+
+setting_changed.connect(_reload)

@@ -207,6 +207,26 @@ def test_checks_catch_misconfiguration(settings, monkeypatch):
     } <= ids
 
 
+@pytest.mark.parametrize(
+    "name, value",
+    [("SERVERPUSH_TIMEOUT", 0), ("SERVERPUSH_TIMEOUT", "5"), ("SERVERPUSH_TIMEOUT", float("inf")),
+     ("SERVERPUSH_SPIN", -1), ("SERVERPUSH_SPIN", 1), ("SERVERPUSH_SPIN", float("nan"))],
+)  # fmt: skip
+def test_check_timeouts(settings, name, value):
+    setattr(settings, name, value)
+    messages = [m for m in check_settings() if m.id == "django_adapter.E010"]
+    assert len(messages) == 1 and name in messages[0].msg
+
+
+def test_spin_setting_reaches_the_client(settings):
+    from django_adapter.client import get_client
+
+    settings.SERVERPUSH_SPIN = 0
+    assert get_client().spin == 0
+    settings.SERVERPUSH_SPIN = 0.001
+    assert get_client().spin == 0.001
+
+
 def test_check_context_processor(settings):
     settings.TEMPLATES = [{**settings.TEMPLATES[0], "OPTIONS": {"context_processors": []}}]
     ids = {message.id for message in check_settings()}

@@ -20,28 +20,38 @@ def publish(store, channel, *values):
 def test_positions_are_microseconds_and_strictly_increasing():
     clock = make_clock()
     positions = Positions(clock)
-    first = positions.allocate()
+    first = positions.allocate(1)[0]
     assert first == int(START * 1_000_000)
-    assert positions.allocate() == first + 1  # same instant: tie broken by +1
+    assert positions.allocate(1)[0] == first + 1  # same instant: tie broken by +1
     clock.advance(0.5)
-    assert positions.allocate() == first + 500_000
+    assert positions.allocate(1)[0] == first + 500_000
+
+
+def test_positions_for_a_batch_follow_each_other():
+    clock = make_clock()
+    positions = Positions(clock)
+    first = positions.allocate(1)[0]
+    batch = positions.allocate(3)
+    assert list(batch) == [first + 1, first + 2, first + 3]
+    assert positions.now() == first + 3
+    assert positions.allocate(1)[0] == first + 4
 
 
 def test_positions_keep_increasing_when_the_clock_steps_back():
     clock = make_clock()
     positions = Positions(clock)
-    a = positions.allocate()
+    a = positions.allocate(1)[0]
     clock.rightNow -= 60  # wall clock stepped back a minute
-    b = positions.allocate()
+    b = positions.allocate(1)[0]
     now = positions.now()
-    c = positions.allocate()
+    c = positions.allocate(1)[0]
     assert a < b <= now < c
 
 
 def test_now_is_below_every_later_position():
     positions = Positions(make_clock())
     now = positions.now()
-    assert positions.allocate() > now
+    assert positions.allocate(1)[0] > now
     assert positions.now() >= now
 
 

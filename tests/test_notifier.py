@@ -164,3 +164,63 @@ def test_missing_or_malformed_arguments_get_contract_codes(wired, box, code):
     pump.flush()
     assert answers[0][b"_error_code"] == code
     assert answers[0][b"_error_description"]
+
+
+def _connected():
+    from twisted.internet.testing import StringTransport
+
+    hub = make_hub()
+    protocol = NotifierProtocol(hub)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    return hub, protocol, transport
+
+
+def test_a_box_arriving_one_byte_at_a_time_is_answered_once():
+    from twistedpush.commands import parse_boxes
+
+    hub, protocol, transport = _connected()
+    box = SendUpdate.makeArguments({"channel": "room", "data": b"[1]", "name": None}, None)
+    box.update({b"_command": b"SendUpdate", b"_ask": b"7"})
+    wire = box.serialize()
+    for index in range(len(wire)):
+        assert transport.value() == b""
+        protocol.dataReceived(wire[index : index + 1])
+    [answer] = parse_boxes(transport.value())
+    assert answer[b"_answer"] == b"7" and int(answer[b"ts"]) > 0
+    assert not transport.disconnecting
+
+
+def test_a_key_over_255_bytes_closes_the_connection_after_answering_what_came_before():
+    from twistedpush.commands import parse_boxes
+
+    hub, protocol, transport = _connected()
+    good = amp.AmpBox(_command=b"CurrentTimestamp", _ask=b"1").serialize()
+    protocol.dataReceived(good + b"\x01\x00" + b"k" * 300)
+    assert [box[b"_answer"] for box in parse_boxes(transport.value())] == [b"1"]
+    assert transport.disconnecting
+
+
+def test_a_box_bigger_than_any_update_closes_the_connection():
+    from twistedpush.notifier import MAX_BOX
+
+    hub, protocol, transport = _connected()
+    pair = b"\x00\x04data\xff\xff" + b"x" * CHUNK
+    sent = 0
+    while not transport.disconnecting and sent <= MAX_BOX + len(pair):
+        protocol.dataReceived(pair)
+        sent += len(pair)
+    assert transport.disconnecting and sent > MAX_BOX
+    assert len(protocol._reader._buffer) <= MAX_BOX + len(pair)
+
+
+def test_unknown_commands_still_get_amps_answer(wired):
+    hub, client, pump = wired
+
+    class Nope(amp.Command):
+        commandName = b"Nope"
+
+    out = []
+    client.callRemote(Nope).addErrback(out.append)
+    pump.flush()
+    assert out[0].check(amp.UnhandledCommand)

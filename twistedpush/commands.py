@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Iterable
 from typing import Any
 
 from twisted.protocols import amp
@@ -32,17 +34,21 @@ class ChunkedBytes(amp.Argument):
 
     def fromBox(self, name: bytes, strings: dict, objects: dict, proto: Any) -> None:
         first = strings.get(name)
-        if first is None:
-            if not self.optional:
-                raise KeyError(name)
-            objects[amp._wireNameToPythonIdentifier(name)] = None
-            return
-        parts = [first]
-        index = 2
-        while (part := strings.get(b"%s.%d" % (name, index))) is not None:
-            parts.append(part)
-            index += 1
-        objects[amp._wireNameToPythonIdentifier(name)] = b"".join(parts)
+        if first is None and not self.optional:
+            raise KeyError(name)
+        objects[amp._wireNameToPythonIdentifier(name)] = _join_chunks(strings, name, first)
+
+
+def _join_chunks(strings: dict[bytes, bytes], name: bytes, first: bytes | None) -> bytes | None:
+    """``first`` (the value of ``name``) with ``name.2``, ``name.3``, ... after it."""
+    if first is None or name + b".2" not in strings:
+        return first
+    parts = [first]
+    index = 2
+    while (part := strings.get(b"%s.%d" % (name, index))) is not None:
+        parts.append(part)
+        index += 1
+    return b"".join(parts)
 
 
 class Text(amp.Unicode):
@@ -66,7 +72,7 @@ class _PublishCommand(amp.Command):
     @classmethod
     def parseArguments(cls, box: amp.AmpBox, protocol: Any) -> dict[str, Any]:
         try:
-            return super().parseArguments(box, protocol)
+            return cls.read_arguments(box, protocol)
         except KeyError as e:
             name = e.args[0] if e.args else b"?"
             code = b"BAD_CHANNEL" if name == b"channel" else b"BAD_DATA"
@@ -74,39 +80,145 @@ class _PublishCommand(amp.Command):
         except Exception as e:
             raise amp.RemoteAmpError(b"BAD_DATA", f"malformed arguments: {e}") from None
 
+    @classmethod
+    def read_arguments(cls, box: amp.AmpBox, protocol: Any) -> dict[str, Any]:
+        """The arguments as AMP's generic reader gives them."""
+        return super().parseArguments(box, protocol)
 
-def parse_boxes(data: bytes) -> list[amp.AmpBox]:
-    """AMP wire bytes as boxes; ValueError unless they are whole boxes, end to end."""
+
+MAX_KEY = 255
+"""AMP's limit on one key."""
+
+_LENGTH = struct.Struct("!H")
+
+
+def pack_pairs(pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """Key-value pairs on the wire, from pairs already in bounds (keys of at most
+    255 bytes, values of at most 64 KiB): a publisher's and the notifier's hot
+    path, without AmpBox's checks and copies per key."""
+    pack = _LENGTH.pack
+    parts: list[bytes] = []
+    for key, value in pairs:
+        parts += (pack(len(key)), key, pack(len(value)), value)
+    return b"".join(parts)
+
+
+def pack_box(pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """One box on the wire, as ``AmpBox.serialize`` writes it: its pairs, then an empty key."""
+    return pack_pairs(pairs) + b"\0\0"
+
+
+def update_pairs(channel: str, data: bytes, name: str | None) -> list[tuple[bytes, bytes]]:
+    """One update's arguments as wire pairs, ``data`` chunked as ChunkedBytes does it."""
+    pairs = [(b"channel", channel.encode()), (b"data", data[:CHUNK])]
+    for index, start in enumerate(range(CHUNK, len(data), CHUNK), start=2):
+        pairs.append((b"data.%d" % index, data[start : start + CHUNK]))
+    if name is not None:
+        pairs.append((b"name", name.encode()))
+    return pairs
+
+
+class BoxReader:
+    """AMP boxes out of a byte stream, each as soon as it is complete.
+
+    Twisted's AMP parses a box one string at a time through a state machine;
+    this reads every whole box of a chunk in one loop. A key over 255 bytes or a
+    box over ``max_box`` bytes sets ``error``, after which nothing more is read.
+    """
+
+    def __init__(self, max_box: int) -> None:
+        self.max_box = max_box
+        self.error: str | None = None
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> list[dict[bytes, bytes]]:
+        """The boxes that ``data`` completes, in order."""
+        if self.error is not None:
+            return []
+        buffer = self._buffer + data if self._buffer else data
+        boxes, used, self.error = _read_boxes(buffer)
+        self._buffer = buffer[used:]
+        if self.error is None and len(self._buffer) > self.max_box:
+            self.error = f"an AMP box is over {self.max_box} bytes"
+        return boxes
+
+
+def _read_boxes(data: bytes) -> tuple[list[dict[bytes, bytes]], int, str | None]:
+    """The whole boxes at the start of ``data``, where the rest begins, and what
+    is wrong with that rest, if anything (an unfinished box is not wrong)."""
+    unpack = _LENGTH.unpack_from
     boxes = []
-    box = amp.AmpBox()
-    position, end = 0, len(data)
-    while position < end:
-        size = int.from_bytes(data[position : position + 2], "big")
+    box: dict[bytes, bytes] = {}
+    start = position = 0
+    end = len(data)
+    while position + 2 <= end:
+        (size,) = unpack(data, position)
         position += 2
         if size == 0:
             boxes.append(box)
-            box = amp.AmpBox()
+            box = {}
+            start = position
             continue
-        if size > 255 or position + size + 2 > end:
-            raise ValueError("malformed AMP key")
-        key = data[position : position + size]
-        position += size
-        size = int.from_bytes(data[position : position + 2], "big")
-        position += 2
-        if position + size > end:
-            raise ValueError("truncated AMP value")
-        box[key] = data[position : position + size]
-        position += size
-    if box or position != end:
+        if size > MAX_KEY:
+            return boxes, start, f"an AMP key is {size} bytes long; at most {MAX_KEY} are allowed"
+        value = position + size + 2
+        if value > end:
+            break
+        (size,) = unpack(data, value - 2)
+        if value + size > end:
+            break
+        box[data[position : value - 2]] = data[value : value + size]
+        position = value + size
+    return boxes, start, None
+
+
+def parse_boxes(data: bytes) -> list[dict[bytes, bytes]]:
+    """AMP wire bytes as boxes; ValueError unless they are whole boxes, end to end."""
+    boxes, used, error = _read_boxes(data)
+    if error is not None:
+        raise ValueError(error)
+    if used != len(data):
         raise ValueError("the last AMP box is not finished")
     return boxes
 
 
-class StrictAmpList(amp.AmpList):
-    """An AmpList that refuses trailing or truncated bytes instead of ignoring them."""
+def read_update(box: dict[bytes, bytes]) -> dict[str, Any]:
+    """One update's arguments from its box, as AMP would read ``_update_arguments()``
+    (``channel`` and ``name`` as text, ``data`` as bytes joined from its chunks),
+    in one pass: AMP's generic reader costs more per update than storing it."""
+    channel, data, name = box.get(b"channel"), box.get(b"data"), box.get(b"name")
+    if channel is None:
+        raise KeyError(b"channel")
+    if data is None:
+        raise KeyError(b"data")
+    return {
+        "channel": channel.decode("utf-8", "replace"),
+        "data": _join_chunks(box, b"data", data),
+        "name": None if name is None else name.decode("utf-8", "replace"),
+    }
+
+
+class UpdateList(amp.AmpList):
+    """Updates as an AmpList of boxes, read with :func:`read_update`; trailing or
+    truncated bytes are refused, not ignored."""
+
+    def __init__(self) -> None:
+        super().__init__(_update_arguments())
 
     def fromStringProto(self, inString: bytes, proto: Any) -> list[dict[str, Any]]:
-        return [amp._stringsToObjects(box, self.subargs, proto) for box in parse_boxes(inString)]
+        return [read_update(box) for box in parse_boxes(inString)]
+
+
+class IntegerList(amp.ListOf):
+    """Integers as ``amp.ListOf(amp.Integer())`` writes them, encoded in one pass
+    (a batch's positions, one per update)."""
+
+    def __init__(self) -> None:
+        super().__init__(amp.Integer())
+
+    def toString(self, inObject: list[int]) -> bytes:
+        pack = _LENGTH.pack
+        return b"".join([pack(len(text)) + text for text in map(b"%d".__mod__, inObject)])
 
 
 def _update_arguments() -> list[tuple[bytes, amp.Argument]]:
@@ -121,13 +233,17 @@ class SendUpdate(_PublishCommand):
     response = [(b"ts", amp.Integer())]
     errors = PUBLISH_ERRORS
 
+    @classmethod
+    def read_arguments(cls, box: amp.AmpBox, protocol: Any) -> dict[str, Any]:
+        return read_update(box)
+
 
 class SendUpdates(_PublishCommand):
     """Publish several updates, all or none; answers their positions in order."""
 
     commandName = b"SendUpdates"
-    arguments = [(b"updates", StrictAmpList(_update_arguments()))]
-    response = [(b"ts", amp.ListOf(amp.Integer()))]
+    arguments = [(b"updates", UpdateList())]
+    response = [(b"ts", IntegerList())]
     errors = PUBLISH_ERRORS
 
 

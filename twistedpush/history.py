@@ -103,10 +103,11 @@ class Positions:
     def _wall(self) -> int:
         return int(self._clock.seconds() * 1_000_000)
 
-    def allocate(self) -> int:
-        """A new position, greater than every position handed out before."""
-        self.last = max(self._wall(), self.last + 1)
-        return self.last
+    def allocate(self, count: int) -> range:
+        """``count`` new positions in order, each greater than every one handed out before."""
+        first = max(self._wall(), self.last + 1)
+        self.last = first + count - 1
+        return range(first, first + count)
 
     def now(self) -> int:
         """The current position; every later :meth:`allocate` is greater."""
@@ -177,16 +178,21 @@ class MemoryHistory:
                 del self._channels[channel]
 
     def publish(self, items: Sequence[Publication]) -> Deferred:
-        cutoff = self._cutoff()
+        channels = self._channels
+        touched: dict[str, _ChannelHistory] = {}
         updates = []
-        for channel, name, data in items:
-            history = self._channels.get(channel)
+        positions = self.positions.allocate(len(items))
+        for (channel, name, data), ts in zip(items, positions, strict=True):
+            history = channels.get(channel)
             if history is None:
-                history = self._channels[channel] = _ChannelHistory(self._forgotten_horizon)
-            update = Update.create(channel, self.positions.allocate(), name, data)
+                history = channels[channel] = _ChannelHistory(self._forgotten_horizon)
+            touched[channel] = history
+            update = Update.create(channel, ts, name, data)
             history.entries.append(update)
-            self._trim(history, cutoff, self.size)
             updates.append(update)
+        cutoff = self._cutoff()
+        for history in touched.values():
+            self._trim(history, cutoff, self.size)
         for update in updates:
             self._on_update(update)
         return succeed([update.ts for update in updates])

@@ -2,37 +2,64 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from twistedpush.commands import CurrentTimestamp, SendUpdate, SendUpdates
-from twistedpush.hub import Hub
+from twistedpush.commands import BoxReader, CurrentTimestamp, SendUpdate, SendUpdates, pack_box
+from twistedpush.hub import MAX_DATA, Hub
 from twistedpush.writes import write_now
 
 log = Logger()
+
+MAX_BOX = 4 * MAX_DATA
+"""A bigger box closes the connection: an update's data is refused (TOO_LARGE)
+past 1 MiB, so a publisher never needs more, and nothing buffers without end."""
+
+
+Shape = Callable[[Any], dict[str, Any]]
+"""What a hub call fired with, as the command's response (one callback, not two)."""
+
+
+def _one_ts(stamps: list[int]) -> dict[str, Any]:
+    return {"ts": stamps[0]}
+
+
+def _all_ts(ts: Any) -> dict[str, Any]:
+    return {"ts": ts}
 
 
 class NotifierProtocol(amp.AMP):
     """The three notifier commands, answered straight from ``ampBoxReceived``.
 
     Arguments, answers and error codes come from the command definitions in
-    ``twistedpush.commands``, as with AMP's responders; this skips the generic
-    locate-and-wrap dispatch per box and writes each answer at once, because a
-    Django process waits for every answer before it sends the next update.
-    Anything else goes to AMP's own dispatch.
+    ``twistedpush.commands``, as with AMP's responders; this reads boxes in one
+    loop, skips the generic locate-and-wrap dispatch per box and writes each
+    answer at once, because a Django process waits for every answer before it
+    sends the next update. Anything else goes to AMP's own dispatch.
     """
 
     def __init__(self, hub: Hub) -> None:
         super().__init__()
         self.hub = hub
-        self._handlers = {
-            SendUpdate.commandName: (SendUpdate, self.send_update),
-            SendUpdates.commandName: (SendUpdates, self.send_updates),
-            CurrentTimestamp.commandName: (CurrentTimestamp, self.current_timestamp),
+        self._reader = BoxReader(MAX_BOX)
+        self._handlers: dict[bytes, tuple[type[amp.Command], Callable[..., Deferred], Shape]] = {
+            SendUpdate.commandName: (SendUpdate, self.send_update, _one_ts),
+            SendUpdates.commandName: (SendUpdates, self.send_updates, _all_ts),
+            CurrentTimestamp.commandName: (CurrentTimestamp, self.hub.now, _all_ts),
         }
+
+    def dataReceived(self, data: bytes) -> None:
+        for box in self._reader.feed(data):
+            self.ampBoxReceived(box)
+        if self._reader.error is not None and not self.transport.disconnecting:
+            log.warn("notifier connection closed: {error}", error=self._reader.error)
+            self.transport.loseConnection()
 
     def ampBoxReceived(self, box: amp.AmpBox) -> None:
         handler = self._handlers.get(box.get(b"_command"))
@@ -40,19 +67,25 @@ class NotifierProtocol(amp.AMP):
         if handler is None or ask is None:
             super().ampBoxReceived(box)
             return
-        command, function = handler
+        command, function, shape = handler
         try:
             d = function(**command.parseArguments(box, self))
         except Exception:
             d = fail()
         d.addCallbacks(
-            self._answer, self._error, callbackArgs=(command, ask), errbackArgs=(command, ask)
+            self._answer,
+            self._error,
+            callbackArgs=(command, ask, shape),
+            errbackArgs=(command, ask),
         )
 
-    def _answer(self, result: dict, command: type[amp.Command], ask: bytes) -> None:
-        answer = command.makeResponse(result, self)
-        answer[b"_answer"] = ask
-        self._send(answer)
+    def _answer(self, result: Any, command: type[amp.Command], ask: bytes, shape: Shape) -> None:
+        values = shape(result)
+        pairs = [(b"_answer", ask)]
+        pairs += [
+            (key, argument.toString(values[key.decode()])) for key, argument in command.response
+        ]
+        self._send(pack_box(pairs))
 
     def _error(self, failure: Failure, command: type[amp.Command], ask: bytes) -> None:
         if failure.check(amp.RemoteAmpError):
@@ -64,21 +97,20 @@ class NotifierProtocol(amp.AMP):
             code, text = amp.UNKNOWN_ERROR_CODE, "Unknown Error"
         if isinstance(text, str):
             text = text.encode("utf-8", "replace")
-        self._send(amp.AmpBox(_error=ask, _error_code=code, _error_description=text))
+        text = text[:1024]
+        self._send(
+            pack_box([(b"_error", ask), (b"_error_code", code), (b"_error_description", text)])
+        )
 
-    def _send(self, box: amp.AmpBox) -> None:
+    def _send(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.disconnecting:
-            write_now(self.transport, box.serialize())
+            write_now(self.transport, data)
 
     def send_update(self, channel: str, data: bytes, name: str | None = None) -> Deferred:
-        return self.hub.publish([(channel, name, data)]).addCallback(lambda ts: {"ts": ts[0]})
+        return self.hub.publish([(channel, name, data)])
 
     def send_updates(self, updates: list[dict]) -> Deferred:
-        items = [(u["channel"], u["name"], u["data"]) for u in updates]
-        return self.hub.publish(items).addCallback(lambda ts: {"ts": ts})
-
-    def current_timestamp(self) -> Deferred:
-        return self.hub.now().addCallback(lambda ts: {"ts": ts})
+        return self.hub.publish([(u["channel"], u["name"], u["data"]) for u in updates])
 
 
 class NotifierFactory(Factory):

@@ -1,0 +1,88 @@
+"""The notifier's box codec against Twisted's AMP: the same bytes and values, any split."""
+
+import itertools
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.protocols import amp
+
+from twistedpush.commands import (
+    CHUNK,
+    MAX_KEY,
+    BoxReader,
+    IntegerList,
+    SendUpdate,
+    _update_arguments,
+    pack_box,
+    parse_boxes,
+    read_update,
+    update_pairs,
+)
+
+keys = st.binary(min_size=1, max_size=MAX_KEY)
+boxes = st.dictionaries(keys, st.binary(max_size=300), max_size=5)
+
+
+@settings(max_examples=200, deadline=None)
+@given(boxes)
+def test_pack_box_writes_what_amp_writes(box):
+    assert pack_box(sorted(box.items())) == amp.AmpBox(box).serialize()  # AMP sorts keys
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(boxes, max_size=5), st.lists(st.integers(min_value=0), max_size=8))
+def test_reader_gives_every_box_once_however_the_bytes_are_split(sequence, cuts):
+    wire = b"".join(amp.AmpBox(box).serialize() for box in sequence)
+    points = sorted({cut % (len(wire) + 1) for cut in cuts} | {0, len(wire)})
+    reader = BoxReader(max_box=1 << 20)
+    read = []
+    for start, end in itertools.pairwise(points):
+        read += reader.feed(wire[start:end])
+    assert read == sequence and reader.error is None
+
+
+def test_reader_refuses_a_long_key_after_the_boxes_before_it():
+    good = pack_box([(b"a", b"1")])
+    reader = BoxReader(max_box=1 << 20)
+    assert reader.feed(good + b"\x01\x00" + b"k" * 256) == [{b"a": b"1"}]
+    assert reader.error == "an AMP key is 256 bytes long; at most 255 are allowed"
+    assert reader.feed(good) == []  # nothing more is read
+
+
+def test_reader_refuses_a_box_that_never_ends():
+    reader = BoxReader(max_box=200_000)
+    value = pack_box([(b"data", b"x" * CHUNK)])[:-2]  # one pair, no end mark
+    for _ in range(4):
+        assert reader.feed(value) == []
+    assert reader.error == "an AMP box is over 200000 bytes"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.text(min_size=1, max_size=50),
+    st.binary(max_size=3 * CHUNK),
+    st.none() | st.text(min_size=1, max_size=20),
+)
+def test_update_arguments_round_trip_like_amp(channel, data, name):
+    ours = parse_boxes(pack_box(update_pairs(channel, data, name)))[0]
+    theirs = SendUpdate.makeArguments({"channel": channel, "data": data, "name": name}, None)
+    assert ours == dict(theirs)
+    assert read_update(ours) == amp._stringsToObjects(ours, _update_arguments(), None)
+
+
+def test_read_update_names_what_is_missing():
+    for box, missing in [({b"data": b"1"}, b"channel"), ({b"channel": b"c"}, b"data")]:
+        try:
+            read_update(box)
+        except KeyError as e:
+            assert e.args == (missing,)
+        else:
+            raise AssertionError("a box without its argument was read")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=2**62), max_size=50))
+def test_integer_list_writes_what_amp_writes(values):
+    encoded = IntegerList().toString(values)
+    assert encoded == amp.ListOf(amp.Integer()).toString(values)
+    assert IntegerList().fromString(encoded) == values
