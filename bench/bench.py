@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -471,15 +471,22 @@ def django_publisher(peer: Peer, seconds: float) -> dict:
     code = {
         "twistedpush": f"""
 import time
-from twistedpush.client import PushClient
-c = PushClient(port={getattr(peer, "notifier", 0)})
+import django
+from django.conf import settings
+settings.configure(
+    INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "django_adapter"],
+    DATABASES={{"default": {{"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}}},
+    SERVERPUSH_NOTIFIER_PORT={getattr(peer, "notifier", 0)},
+)
+django.setup()
+from django_adapter import send_update, send_updates
 n = 0; end = time.perf_counter() + {seconds}
 while time.perf_counter() < end:
-    c.send_update("pub", {{"n": n, "pad": "{PAD}"}}); n += 1
+    send_update("pub", {{"n": n, "pad": "{PAD}"}}); n += 1
 single = n / {seconds}
 n = 0; end = time.perf_counter() + {seconds}
 while time.perf_counter() < end:
-    c.send_updates([("pub", {{"n": i, "pad": "{PAD}"}}) for i in range(500)]); n += 500
+    send_updates([("pub", {{"n": i, "pad": "{PAD}"}}) for i in range(500)]); n += 500
 print(single, n / {seconds})
 """,
         "nchan": f"""
@@ -564,12 +571,19 @@ def versions() -> dict:
             out[package] = __import__(package).__version__
         except Exception:
             out[package] = "?"
-    nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
+    nginx = _output(["nginx", "-v"])
     out["nginx"] = nginx.split("/")[-1] if nginx else "?"
-    nchan = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "libnginx-mod-nchan"],
-                           capture_output=True, text=True).stdout  # fmt: skip
-    out["nchan"] = nchan or "?"
+    out["nchan"] = _output(["dpkg-query", "-W", "-f=${Version}", "libnginx-mod-nchan"]) or "?"
     return out
+
+
+def _output(command: list[str]) -> str:
+    """What ``command`` printed (nginx -v writes to stderr), or "" when it is not installed."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True)
+    except FileNotFoundError:
+        return ""
+    return (done.stdout or done.stderr).strip()
 
 
 # Each row's ratio is twistedpush / peer: above 1 is better for rates, below 1 for
@@ -698,6 +712,18 @@ def main() -> None:
     print(f"written to {RESULTS}/results{suffix}.md and bench{suffix}.png")
     if not results:
         sys.exit(1)
+    if args.smoke:
+        incomplete = [f"{peer} {scenario}" for peer, scenario in _incomplete(results)]
+        if incomplete:
+            sys.exit("smoke run: not every update arrived in " + ", ".join(incomplete))
+
+
+def _incomplete(results: dict) -> Iterator[tuple[str, str]]:
+    """(peer, scenario) for every scenario whose updates did not all arrive."""
+    for peer, scenarios in results.items():
+        for scenario, result in scenarios.items():
+            if result.get("complete") is False:
+                yield peer, scenario
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Install everything the tests need and run every test: lint, unit, integration.
-# Usage: bash scripts/test.sh [pytest args...]
+# Install everything the tests need and run every test: lint, unit, integration,
+# browser, then a smoke run of the benchmarks (tiny sizes, every peer) so that
+# bench/ keeps working. Usage: bash scripts/test.sh [pytest args...]
+# (with pytest args, only pytest runs, with them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
@@ -20,4 +22,9 @@ echo "== ruff"
 "$VENV/bin/ruff" format --check .
 
 echo "== pytest"
-exec "$VENV/bin/python" -m pytest "$@"
+"$VENV/bin/python" -m pytest "$@"
+
+if [ "$#" -eq 0 ]; then
+  echo "== benchmark smoke run (bash bench/run.sh --smoke)"
+  bash bench/run.sh --smoke
+fi
