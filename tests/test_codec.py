@@ -16,6 +16,7 @@ from twistedpush.commands import (
     pack_box,
     parse_boxes,
     read_update,
+    update_box,
     update_pairs,
 )
 
@@ -68,6 +69,7 @@ def test_update_arguments_round_trip_like_amp(channel, data, name):
     theirs = SendUpdate.makeArguments({"channel": channel, "data": data, "name": name}, None)
     assert ours == dict(theirs)
     assert read_update(ours) == amp._stringsToObjects(ours, _update_arguments(), None)
+    assert update_box(channel, data, name) == pack_box(update_pairs(channel, data, name))
 
 
 def test_read_update_names_what_is_missing():

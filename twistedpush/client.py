@@ -23,7 +23,7 @@ from twistedpush.commands import (
     SendUpdates,
     pack_box,
     pack_pairs,
-    update_pairs,
+    update_box,
 )
 from twistedpush.errors import BadChannel, BadData, PushError, TooLarge, Unavailable
 
@@ -95,7 +95,7 @@ class PushClient:
 
     def send_update(self, channel: str, data: Any, name: str | None = None) -> int:
         """Publish ``data`` (any JSON-serializable value); return its ``ts``."""
-        box = pack_box(update_pairs(check_channel(channel), encode_data(data), check_name(name)))
+        box = update_box(check_channel(channel), encode_data(data), check_name(name))
         return self._call(SendUpdate, box)["ts"]
 
     def send_updates(self, updates: Iterable[Sequence[Any]]) -> list[int]:
@@ -105,12 +105,8 @@ class PushClient:
         allows; each command is stored all or nothing.
         """
         boxes = [
-            pack_box(
-                update_pairs(
-                    check_channel(u[0]),
-                    encode_data(u[1]),
-                    check_name(u[2] if len(u) > 2 else None),
-                )
+            update_box(
+                check_channel(u[0]), encode_data(u[1]), check_name(u[2] if len(u) > 2 else None)
             )
             for u in updates
         ]

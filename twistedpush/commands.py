@@ -26,17 +26,21 @@ class ChunkedBytes(amp.Argument):
             if not self.optional:
                 raise KeyError(name)
             return
-        if isinstance(value, str):
-            value = value.encode()
-        strings[name] = value[:CHUNK]
-        for index, start in enumerate(range(CHUNK, len(value), CHUNK), start=2):
-            strings[b"%s.%d" % (name, index)] = value[start : start + CHUNK]
+        strings.update(_chunk_pairs(name, value.encode() if isinstance(value, str) else value))
 
     def fromBox(self, name: bytes, strings: dict, objects: dict, proto: Any) -> None:
         first = strings.get(name)
         if first is None and not self.optional:
             raise KeyError(name)
         objects[amp._wireNameToPythonIdentifier(name)] = _join_chunks(strings, name, first)
+
+
+def _chunk_pairs(name: bytes, value: bytes) -> list[tuple[bytes, bytes]]:
+    """``value`` as (key, value) pairs: ``name``, ``name.2``, ... of at most CHUNK bytes each."""
+    pairs = [(name, value[:CHUNK])]
+    for index, start in enumerate(range(CHUNK, len(value), CHUNK), start=2):
+        pairs.append((b"%s.%d" % (name, index), value[start : start + CHUNK]))
+    return pairs
 
 
 def _join_chunks(strings: dict[bytes, bytes], name: bytes, first: bytes | None) -> bytes | None:
@@ -110,12 +114,25 @@ def pack_box(pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
 
 def update_pairs(channel: str, data: bytes, name: str | None) -> list[tuple[bytes, bytes]]:
     """One update's arguments as wire pairs, ``data`` chunked as ChunkedBytes does it."""
-    pairs = [(b"channel", channel.encode()), (b"data", data[:CHUNK])]
-    for index, start in enumerate(range(CHUNK, len(data), CHUNK), start=2):
-        pairs.append((b"data.%d" % index, data[start : start + CHUNK]))
+    pairs = [(b"channel", channel.encode()), *_chunk_pairs(b"data", data)]
     if name is not None:
         pairs.append((b"name", name.encode()))
     return pairs
+
+
+def update_box(channel: str, data: bytes, name: str | None) -> bytes:
+    """One update's arguments as a box: ``pack_box(update_pairs(...))``, put together
+    in one join when ``data`` fits one value (a batch's updates all do)."""
+    if len(data) > CHUNK:
+        return pack_box(update_pairs(channel, data, name))
+    pack = _LENGTH.pack
+    encoded = channel.encode()
+    parts = [b"\0\x07channel", pack(len(encoded)), encoded, b"\0\x04data", pack(len(data)), data]
+    if name is not None:
+        encoded = name.encode()
+        parts += (b"\0\x04name", pack(len(encoded)), encoded)
+    parts.append(b"\0\0")
+    return b"".join(parts)
 
 
 class BoxReader:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -18,15 +19,18 @@ from twisted.internet.task import LoopingCall
 from zope.interface import Interface, implementer
 
 
-@dataclass(frozen=True, slots=True)
-class Update:
-    """One published update; ``message`` is its WebSocket/long-poll JSON, encoded once."""
+class Update(NamedTuple):
+    """One published update; ``message`` is its WebSocket/long-poll JSON, encoded once.
+
+    A named tuple, not a frozen dataclass: as immutable, and made several times
+    faster, which counts once per update published.
+    """
 
     channel: str
     ts: int
     name: str | None
     data: str
-    message: bytes = field(repr=False, compare=False)
+    message: bytes
 
     @classmethod
     def create(cls, channel: str, ts: int, name: str | None, data: str) -> Update:

@@ -54,11 +54,13 @@ def check_data(data: bytes | str) -> str:
     if len(raw) > MAX_DATA:
         raise TooLarge(f"data is {len(raw)} bytes; at most {MAX_DATA} are accepted")
     try:
-        text = raw.decode("utf-8")
-        _JSON.decode(text)
+        text = raw.decode("utf-8").strip(" \t\n\r")  # JSON's white space only
+        end = _JSON.raw_decode(text)[1]
     except (UnicodeDecodeError, ValueError) as e:
         raise BadData(f"data is not UTF-8 JSON text: {e}") from None
-    return text.strip()
+    if end != len(text):
+        raise BadData(f"data is not UTF-8 JSON text: more after the value, from character {end}")
+    return text
 
 
 def check_since(since: object) -> int | None:
