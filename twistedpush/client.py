@@ -17,6 +17,7 @@ from twisted.protocols import amp
 from twistedpush.access import check_channel, check_name
 from twistedpush.commands import (
     CHUNK,
+    PUBLISH_ERRORS,
     BoxReader,
     CurrentTimestamp,
     SendUpdate,
@@ -25,14 +26,9 @@ from twistedpush.commands import (
     pack_pairs,
     update_box,
 )
-from twistedpush.errors import BadChannel, BadData, PushError, TooLarge, Unavailable
+from twistedpush.errors import BadData, PushError
 
-ERRORS: dict[bytes, type[PushError]] = {
-    b"BAD_CHANNEL": BadChannel,
-    b"BAD_DATA": BadData,
-    b"TOO_LARGE": TooLarge,
-    b"UNAVAILABLE": Unavailable,
-}
+ERRORS: dict[bytes, type[PushError]] = {code: error for error, code in PUBLISH_ERRORS.items()}
 
 
 MAX_ANSWER = 1024 * 1024

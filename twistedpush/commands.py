@@ -8,7 +8,7 @@ from typing import Any
 
 from twisted.protocols import amp
 
-from twistedpush.errors import BadChannel, BadData, TooLarge, Unavailable
+from twistedpush.errors import BadChannel, BadData, PushError, TooLarge, Unavailable
 
 CHUNK = 0xFFFF
 """AMP's limit on one value; longer data goes on in ``data.2``, ``data.3``, ..."""
@@ -62,7 +62,7 @@ class Text(amp.Unicode):
         return inString.decode("utf-8", "replace")
 
 
-PUBLISH_ERRORS: dict[type[Exception], bytes] = {
+PUBLISH_ERRORS: dict[type[PushError], bytes] = {
     BadChannel: b"BAD_CHANNEL",
     BadData: b"BAD_DATA",
     TooLarge: b"TOO_LARGE",
