@@ -662,23 +662,28 @@ def report(all_results: dict, size_name: str, elapsed: float) -> str:
 
 
 def chart(all_results: dict, path: Path) -> None:
+    """One bar panel per scenario; a log scale where the servers are orders apart."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = list(all_results)
-    shown = [ROWS[0], ROWS[2], ROWS[5], ROWS[9]]
-    figure, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 3.5))
-    for axis, (label, get) in zip(axes, shown, strict=True):
+    shown = [ROWS[i] for i in (0, 2, 5, 7, 9, 10, 11, 12)]
+    figure, axes = plt.subplots(2, 4, figsize=(16, 7))
+    for axis, (label, get) in zip(axes.flat, shown, strict=True):
         values = []
         for name in names:
             try:
-                values.append(get(all_results[name]) or 0)
+                value = get(all_results[name])
             except (KeyError, TypeError):
-                values.append(0)
+                value = None
+            values.append(value if value is not None and value == value else 0)
         axis.bar(names, values, color=["#2a7" if n.startswith("twistedpush") else "#888"
                                        for n in names])  # fmt: skip
+        present = [v for v in values if v > 0]
+        if present and max(present) / min(present) > 50:
+            axis.set_yscale("log")
         axis.set_title(label, fontsize=9)
         axis.tick_params(axis="x", labelrotation=30, labelsize=8)
     figure.tight_layout()
