@@ -547,7 +547,12 @@ SIZES = {
 
 
 async def run_peer(peer: Peer, size: dict) -> dict:
+    """Every scenario against one freshly started server; many channels (and with
+    it idle memory) first, so that no earlier phase's freed memory is reused."""
     results: dict = {}
+    print(f"[{peer.name}] many channels", flush=True)
+    results["many"] = await many_channels(peer, size["many"])
+    print(f"[{peer.name}]   {results['many']}", flush=True)
     print(f"[{peer.name}] fan-out", flush=True)
     for in_flight in (1, 8, 32):
         results[f"fanout_{in_flight}"] = await fan_out(
@@ -561,9 +566,6 @@ async def run_peer(peer: Peer, size: dict) -> dict:
         peer, size["lat_subs"], size["lat_rate"], size["lat_seconds"]
     )
     print(f"[{peer.name}]   {results['latency']}", flush=True)
-    print(f"[{peer.name}] many channels", flush=True)
-    results["many"] = await many_channels(peer, size["many"])
-    print(f"[{peer.name}]   {results['many']}", flush=True)
     print(f"[{peer.name}] catch-up", flush=True)
     results["catch_up"] = await catch_up(peer, size["catch_clients"], size["catch_backlog"])
     print(f"[{peer.name}]   {results['catch_up']}", flush=True)

@@ -189,3 +189,38 @@ def test_text_frames_of_every_length_class():
     assert text_frame(b"hi") == b"\x81\x02hi"
     assert text_frame(b"x" * 200)[:4] == b"\x81\x7e\x00\xc8"
     assert text_frame(b"x" * 70000)[:10] == b"\x81\x7f" + (70000).to_bytes(8, "big")
+
+
+def test_connections_share_the_factory_options_and_keep_autobahns_debug_text():
+    import pprint
+
+    import txaio
+    from autobahn.websocket import protocol as autobahn_protocol
+    from twisted.internet.testing import StringTransport
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    from twistedpush.limits import Admission
+    from twistedpush.websocket import PushWebSocketFactory
+
+    clock = make_clock()
+    factory = PushWebSocketFactory(make_hub(clock), Admission(), reactor=clock)
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    level = txaio.get_global_log_level()
+    txaio.set_global_log_level("debug")
+    try:
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        transport.registerProducer(object(), True)  # as twisted.web's channel leaves it
+        protocol.makeConnection(transport)
+    finally:
+        txaio.set_global_log_level(level)
+        globalLogPublisher.removeObserver(events.append)
+    options = protocol.CONFIG_ATTRS
+    assert not set(options) & set(vars(protocol)), "options copied into the connection"
+    assert protocol.maxFramePayloadSize == 65536 and protocol.autoPingInterval == 30
+    assert protocol.perMessageCompressionAccept(["offer"]) is None
+    assert autobahn_protocol.pformat is pprint.pformat
+    [debug] = [e for e in events if "attrs" in e]
+    settings = [(name, getattr(protocol, name), "PushWebSocketProtocol") for name in options]
+    assert formatEvent(debug) == "\n" + pprint.pformat(settings)
