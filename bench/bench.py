@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -546,32 +546,42 @@ SIZES = {
 }  # fmt: skip
 
 
+async def settle(peer: Peer, timeout: float = 120) -> None:
+    """Wait until the server is idle (a burst of closed connections may keep it busy)."""
+    deadline = time.monotonic() + timeout
+    used = cpu_seconds(peer.pids())
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        now = cpu_seconds(peer.pids())
+        if now - used < 0.05:
+            return
+        used = now
+
+
 async def run_peer(peer: Peer, size: dict) -> dict:
     """Every scenario against one freshly started server; many channels (and with
-    it idle memory) first, so that no earlier phase's freed memory is reused."""
+    it idle memory) first, so that no earlier phase's freed memory is reused. A
+    scenario that fails is recorded as such and the next one runs."""
+    scenarios: list[tuple[str, Callable[[], Awaitable[dict]]]] = [
+        ("many", lambda: many_channels(peer, size["many"])),
+        *(
+            (f"fanout_{n}", lambda n=n: fan_out(
+                peer, size["fan_subs"], size["fan_publishes"] * max(1, n // 4), n))
+            for n in (1, 8, 32)
+        ),
+        ("latency", lambda: latency(peer, size["lat_subs"], size["lat_rate"], size["lat_seconds"])),
+        ("catch_up", lambda: catch_up(peer, size["catch_clients"], size["catch_backlog"])),
+        ("publisher", lambda: asyncio.to_thread(django_publisher, peer, size["pub_seconds"])),
+    ]  # fmt: skip
     results: dict = {}
-    print(f"[{peer.name}] many channels", flush=True)
-    results["many"] = await many_channels(peer, size["many"])
-    print(f"[{peer.name}]   {results['many']}", flush=True)
-    print(f"[{peer.name}] fan-out", flush=True)
-    for in_flight in (1, 8, 32):
-        results[f"fanout_{in_flight}"] = await fan_out(
-            peer, size["fan_subs"], size["fan_publishes"] * max(1, in_flight // 4), in_flight
-        )
-        print(
-            f"[{peer.name}]   {in_flight} in flight: {results[f'fanout_{in_flight}']}", flush=True
-        )
-    print(f"[{peer.name}] latency", flush=True)
-    results["latency"] = await latency(
-        peer, size["lat_subs"], size["lat_rate"], size["lat_seconds"]
-    )
-    print(f"[{peer.name}]   {results['latency']}", flush=True)
-    print(f"[{peer.name}] catch-up", flush=True)
-    results["catch_up"] = await catch_up(peer, size["catch_clients"], size["catch_backlog"])
-    print(f"[{peer.name}]   {results['catch_up']}", flush=True)
-    print(f"[{peer.name}] publisher from Django", flush=True)
-    results["publisher"] = django_publisher(peer, size["pub_seconds"])
-    print(f"[{peer.name}]   {results['publisher']}", flush=True)
+    for name, run in scenarios:
+        print(f"[{peer.name}] {name}", flush=True)
+        await settle(peer)
+        try:
+            results[name] = await run()
+        except Exception as e:
+            results[name] = {"error": f"{type(e).__name__}: {e}", "complete": False}
+        print(f"[{peer.name}]   {results[name]}", flush=True)
     return results
 
 
@@ -659,6 +669,14 @@ def report(all_results: dict, size_name: str, elapsed: float) -> str:
                 ratios.append(f"{a / b:.2f}x" if a and b and b == b and a == a else "n/a")
         lines.append(f"| {label} | " + " | ".join(fmt(values[n]) for n in names) + " | "
                      + " | ".join(ratios) + " |")  # fmt: skip
+    failed = [f"{name} {scenario} ({result['error']})" for name, scenarios in all_results.items()
+              for scenario, result in scenarios.items() if "error" in result]  # fmt: skip
+    incomplete = [f"{name} {scenario}" for name, scenario in _incomplete(all_results)]
+    if failed:
+        lines += ["", "Failed: " + "; ".join(failed) + "."]
+    if incomplete:
+        lines += ["", "Not every update arrived within the time bound in: "
+                  + ", ".join(incomplete) + " (`complete: false` below)."]  # fmt: skip
     lines += ["", "Raw results:", "", "```json", json.dumps(all_results, indent=1), "```"]
     return "\n".join(lines) + "\n"
 
