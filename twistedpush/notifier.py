@@ -30,7 +30,7 @@ def _one_ts(stamps: list[int]) -> dict[str, Any]:
     return {"ts": stamps[0]}
 
 
-def _all_ts(ts: Any) -> dict[str, Any]:
+def _as_ts(ts: Any) -> dict[str, Any]:
     return {"ts": ts}
 
 
@@ -50,8 +50,8 @@ class NotifierProtocol(amp.AMP):
         self._reader = BoxReader(MAX_BOX)
         self._handlers: dict[bytes, tuple[type[amp.Command], Callable[..., Deferred], Shape]] = {
             SendUpdate.commandName: (SendUpdate, self.send_update, _one_ts),
-            SendUpdates.commandName: (SendUpdates, self.send_updates, _all_ts),
-            CurrentTimestamp.commandName: (CurrentTimestamp, self.hub.now, _all_ts),
+            SendUpdates.commandName: (SendUpdates, self.send_updates, _as_ts),
+            CurrentTimestamp.commandName: (CurrentTimestamp, self.hub.now, _as_ts),
         }
 
     def dataReceived(self, data: bytes) -> None:
