@@ -27,4 +27,6 @@ echo "== pytest"
 if [ "$#" -eq 0 ]; then
   echo "== benchmark smoke run (bash bench/run.sh --smoke)"
   bash bench/run.sh --smoke
+  echo "== publisher path cost in process (bench/publisher_cost.py)"
+  "$VENV/bin/python" bench/publisher_cost.py
 fi

@@ -236,11 +236,10 @@ class PushWebSocketFactory(WebSocketServerFactory):
         # connection's __dict__ unless its class has them: a class of this
         # factory's own holds them once, about 2 KiB less per connection.
         # (Functions among them stay plain functions, not methods.)
-        options = {
-            name: staticmethod(value) if callable(value) else value
-            for name in PushWebSocketProtocol.CONFIG_ATTRS
-            for value in [getattr(self, name)]
-        }
+        options = {name: getattr(self, name) for name in PushWebSocketProtocol.CONFIG_ATTRS}
+        for name, value in options.items():
+            if callable(value):
+                options[name] = staticmethod(value)
         self.protocol = type("PushWebSocketProtocol", (PushWebSocketProtocol,), options)
 
     def frame(self, update: Update) -> bytes:
