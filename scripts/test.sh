@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Install everything the tests need and run every test: lint, unit, integration,
-# browser, then a smoke run of the benchmarks (tiny sizes, every peer) so that
-# bench/ keeps working. Usage: bash scripts/test.sh [pytest args...]
+# Install everything the tests need and run every test: lint, the browser
+# client's Node tests, unit, integration, browser, then a smoke run of the
+# benchmarks (tiny sizes, every peer) so that bench/ keeps working. Usage: bash scripts/test.sh [pytest args...]
 # (with pytest args, only pytest runs, with them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +20,13 @@ echo "== installing twistedpush and test tools into .venv (developer install)"
 echo "== ruff"
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
+
+if [ "$#" -eq 0 ]; then
+  # The browser client's unit tests: Node's own runner, no npm packages, no browser.
+  command -v node >/dev/null || { echo "node is not installed: the client tests cannot run" >&2; exit 1; }
+  echo "== node --test tests/js/"
+  node --test tests/js/
+fi
 
 echo "== pytest"
 "$VENV/bin/python" -m pytest "$@"

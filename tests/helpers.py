@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.web.test.requesthelper import DummyRequest
 
 from twistedpush.access import AccessPolicy
 from twistedpush.history import MemoryHistory, Update
 from twistedpush.hub import Hub
+from twistedpush.limits import Admission
 
 START = 1_700_000_000.0
 
@@ -42,6 +45,10 @@ class Recorder:
 
     def send_update(self, update: Update) -> None:
         self.messages.append(json.loads(update.message))
+
+    def send_replay(self, updates: Sequence[Update]) -> None:
+        for update in updates:
+            self.send_update(update)
 
     def send_reset(self, channel: str, now: int) -> None:
         self.messages.append({"type": "reset", "channel": channel, "ts": now})
@@ -80,3 +87,16 @@ class SlowReplayStore(MemoryHistory):
             if snapshot is None:
                 snapshot = super().replay(channel, since)
             snapshot.chainDeferred(later)
+
+
+class PollRequest(DummyRequest):
+    """A DummyRequest as the long-poll resource sees a real one: on a connection its
+    admission counted. Its answer leaves at once; waiting on a full send buffer is
+    the real channel's part, tested over iosim in test_hardening."""
+
+    def __init__(self, admission: Admission, peer: str = "192.0.2.1") -> None:
+        super().__init__([b"poll"])
+        self.ticket = admission.accept(peer)
+
+    def when_sent(self, callback: object) -> None:
+        callback()  # type: ignore[operator]

@@ -134,6 +134,9 @@ class _Sink:
     def send_update(self, update):
         pass
 
+    def send_replay(self, updates):
+        pass
+
     def send_reset(self, channel, now):
         pass
 

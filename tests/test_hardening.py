@@ -2,6 +2,7 @@
 
 import json
 from io import BytesIO
+from ipaddress import ip_network
 
 import pytest
 from autobahn.twisted.websocket import WebSocketClientFactory
@@ -9,9 +10,8 @@ from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 from twisted.test.iosim import connectedServerAndClient
 from twisted.web.server import NOT_DONE_YET
-from twisted.web.test.requesthelper import DummyRequest
 
-from tests.helpers import make_clock, make_hub
+from tests.helpers import PollRequest, make_clock, make_hub
 from tests.test_websocket import Client
 from twistedpush.errors import Forbidden, Limit
 from twistedpush.limits import Admission, Limits
@@ -45,20 +45,48 @@ def publish(hub, channel, value):
 # Admission
 
 
-def test_admission_caps_and_releases():
+def test_admission_counts_from_accept_caps_and_releases():
     admission = Admission(Limits(max_connections=3, max_connections_per_ip=2, max_polls=1))
-    admission.admit("websocket", "a")
-    admission.admit("longpoll", "a")
+    a1 = admission.accept("a")
+    a2 = admission.accept("a")
     with pytest.raises(Limit, match="per client address"):
-        admission.admit("websocket", "a")
+        admission.accept("a")
+    admission.use(a1, "websocket")
+    admission.use(a2, "longpoll")
+    b1 = admission.accept("b")
     with pytest.raises(Limit, match="long-poll"):
-        admission.admit("longpoll", "b")
-    admission.admit("websocket", "b")
+        admission.use(b1, "longpoll")
     with pytest.raises(Limit, match="limit of 3"):
-        admission.admit("websocket", "c")
-    admission.release("websocket", "a")
-    admission.admit("websocket", "c")
+        admission.accept("c")
+    assert dict(admission.by_transport) == {"websocket": 1, "longpoll": 1, "http": 1}
+    admission.close(a1)
+    admission.close(a1)  # once only
+    admission.accept("c")
     assert admission.refused["limit"] == 3
+    assert dict(admission.by_ip) == {"a": 1, "b": 1, "c": 1}
+
+
+def test_trusted_proxy_connections_count_the_forwarded_client():
+    proxies = (ip_network("10.0.0.0/8"), ip_network("192.0.2.7/32"))
+    admission = Admission(Limits(max_connections_per_ip=2, trusted_proxies=proxies))
+    # The rightmost entry that is not a trusted proxy; what the client wrote to its left is not.
+    assert admission.client_address("10.1.1.1", "6.6.6.6, 198.51.100.9, 192.0.2.7") == (
+        "198.51.100.9"
+    )
+    assert admission.client_address("10.1.1.1", None) == "10.1.1.1"
+    assert admission.client_address("203.0.113.5", "1.2.3.4") == "203.0.113.5"  # not a proxy
+    tickets = [admission.accept("10.1.1.1") for _ in range(5)]  # a proxy: no per-address cap
+    assert admission.identify(tickets[0], "198.51.100.9") == "198.51.100.9"
+    admission.identify(tickets[1], "198.51.100.9")
+    with pytest.raises(Limit, match="per client address"):
+        admission.identify(tickets[2], "198.51.100.9")
+    admission.identify(tickets[2], "198.51.100.10")
+    # A keep-alive connection from the proxy carries another client's request next.
+    admission.identify(tickets[1], "198.51.100.11")
+    assert dict(admission.by_ip) == {"198.51.100.9": 1, "198.51.100.10": 1, "198.51.100.11": 1}
+    for ticket in tickets:
+        admission.close(ticket)
+    assert not admission.by_ip and admission.open == 0
 
 
 def test_origin_policy():
@@ -79,7 +107,7 @@ def test_websocket_beyond_the_address_cap_is_refused_with_503():
     second, _, _ = connect(site, clock)
     assert first.state == first.STATE_OPEN
     assert second.state != second.STATE_OPEN
-    assert "[503]: at most 1 connections per client address" in second.close_reason
+    assert "[503]" in second.close_reason  # refused as it was accepted, before its request
     assert admission.by_transport["websocket"] == 1
     first.sendClose(1000)
     assert admission.refused["limit"] == 1
@@ -143,10 +171,8 @@ def test_going_away_closes_websockets_with_1001():
 
 
 def post(resource, body, origin=None, ip="10.0.0.1"):
-    request = DummyRequest([b"poll"])
+    request = PollRequest(resource.admission, ip)
     request.method = b"POST"
-    request.client = type("Address", (), {"host": ip})()
-    request.getClientAddress = lambda: request.client
     if origin:
         request.requestHeaders.setRawHeaders(b"origin", [origin.encode()])
     request.content = BytesIO(json.dumps(body).encode())

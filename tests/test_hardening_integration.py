@@ -11,7 +11,7 @@ import time
 import urllib.request
 
 import pytest
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from twistedpush.client import PushClient
@@ -143,13 +143,62 @@ def test_hostile_bytes_then_a_normal_client_works_and_memory_comes_back(push_ser
 
 
 def test_connection_cap_per_address_and_metrics(push_server):
-    server = push_server("--public", "*", "--max-connections-per-ip", "2")
+    server = push_server("--public", "*", "--max-connections-per-ip", "3")
     with connect(server.ws_url), connect(server.ws_url):
-        with pytest.raises(InvalidStatus) as refused:
-            connect(server.ws_url)
-        assert refused.value.response.status_code == 503
+        idle = socket.create_connection(("127.0.0.1", server.port))  # counted from accept
+        # Accepted after the idle one (same listen queue), refused before its request.
+        answer = http_exchange(server.port, b"")
+        assert answer.startswith(b"HTTP/1.1 503") and b"per client address" in answer
+        idle.close()
+        server.wait_for(lambda h: h["connections"]["http"] == 1, "the idle socket's release")
         with urllib.request.urlopen(f"{server.url}/metrics") as response:
             text = response.read().decode()
     assert 'twistedpush_connections{transport="websocket"} 2' in text
+    assert 'twistedpush_connections{transport="http"} 1' in text  # this request
     assert 'twistedpush_refused_total{reason="limit"} 1' in text
     assert "# TYPE twistedpush_updates_in_total counter" in text
+
+
+def http_exchange(port: int, request: bytes, timeout: float = 5) -> bytes:
+    """Send ``request`` on a fresh socket; everything answered until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer
+
+
+def test_declared_oversize_body_is_refused_at_once_and_root_names_endpoints(push_server):
+    server = push_server("--public", "*")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /poll HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100000000\r\n\r\n"
+        )
+        answer = sock.recv(65536)  # no byte of the body sent: answered anyway
+    assert answer.startswith(b"HTTP/1.1 413")
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["messages"][0]["code"] == "too_large"
+    with urllib.request.urlopen(f"{server.url}/") as response:
+        text = response.read().decode()
+    assert "/ws" in text and "/poll" in text and "/health" in text
+
+
+def test_close_codes_for_oversize_and_invalid_utf8_reach_the_client(push_server):
+    server = push_server("--public", "*")
+    with connect(server.ws_url, max_size=None) as ws:
+        ws.send("x" * 100_000)
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    sock = raw_websocket(server.port)
+    sock.sendall(frame(b'{"type":"subscribe","channel":"\xff"}'))
+    sock.settimeout(5)
+    answer = sock.recv(64)
+    assert answer[0] == 0x88 and struct.unpack("!H", answer[2:4])[0] == 1007
+    sock.close()
+    with connect(server.ws_url) as ws:  # and the server still serves
+        ws.send("[" * 1000 + "]" * 1000)
+        assert json.loads(ws.recv(timeout=5))["code"] == "bad_request"
+        ws.send(json.dumps({"type": "subscribe", "channel": "ok"}))
+        assert json.loads(ws.recv(timeout=5))["type"] == "subscribed"

@@ -9,13 +9,13 @@ from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
-from tests.helpers import make_clock, make_hub
+from tests.helpers import PollRequest, make_clock, make_hub
 from twistedpush.limits import Admission
 from twistedpush.longpoll import PollResource
 
 
 def post(resource, body):
-    request = DummyRequest([b"poll"])
+    request = PollRequest(resource.admission)
     request.method = b"POST"
     request.content = BytesIO(body if isinstance(body, bytes) else json.dumps(body).encode())
     result = resource.render(request)

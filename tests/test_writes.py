@@ -3,6 +3,7 @@
 import socket
 
 from twisted.internet import tcp
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
@@ -54,3 +55,14 @@ def test_a_tls_wrapper_is_never_bypassed():
         assert theirs.recv(10) == b""
     except BlockingIOError:
         pass  # nothing reached the raw socket
+
+
+def test_twisted_still_has_the_buffers_write_now_reads():
+    """writes.py reads tcp.Connection's private write buffers: this fails first if a
+    Twisted release renames them (the dependency is bounded below the next major)."""
+    ours, theirs = socket.socketpair()
+    connection = tcp.Connection(ours, Protocol())
+    assert connection.dataBuffer == b"" and connection._tempDataBuffer == []
+    assert connection.socket is ours
+    write_now(connection, b"frame")
+    assert theirs.recv(10) == b"frame"

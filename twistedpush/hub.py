@@ -33,6 +33,9 @@ class Subscriber(Protocol):
 
     def send_update(self, update: Update) -> None: ...
 
+    def send_replay(self, updates: Sequence[Update]) -> None:
+        """A channel's catch-up, in order: a transport may send it as its client reads."""
+
     def send_reset(self, channel: str, now: int) -> None: ...
 
     def send_subscribed(self, channel: str, now: int) -> None: ...
@@ -44,8 +47,9 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-_JSON = json.JSONDecoder(parse_constant=_reject_constant)
-"""One decoder for every update: ``json.loads`` with an option builds one per call."""
+STRICT_JSON = json.JSONDecoder(parse_constant=_reject_constant)
+"""One decoder for every update and client message: ``json.loads`` with an option
+builds one per call, and Python's extensions NaN and Infinity are not JSON."""
 
 
 def check_data(data: bytes | str) -> str:
@@ -55,9 +59,11 @@ def check_data(data: bytes | str) -> str:
         raise TooLarge(f"data is {len(raw)} bytes; at most {MAX_DATA} are accepted")
     try:
         text = raw.decode("utf-8").strip(" \t\n\r")  # JSON's white space only
-        end = _JSON.raw_decode(text)[1]
+        end = STRICT_JSON.raw_decode(text)[1]
     except (UnicodeDecodeError, ValueError) as e:
         raise BadData(f"data is not UTF-8 JSON text: {e}") from None
+    except RecursionError:
+        raise BadData("data is nested too deeply") from None
     if end != len(text):
         raise BadData(f"data is not UTF-8 JSON text: more after the value, from character {end}")
     return text
@@ -251,11 +257,15 @@ class Hub:
     ) -> None:
         if state.pending.get(subscriber) is not buffered:
             return  # unsubscribed (or subscribed anew) while the replay was read
+        if since is not None and since > replay.now:
+            # Not a position this store handed out: replaying from it would wait
+            # for updates that already went by, so say so rather than stay silent.
+            self.unsubscribe(subscriber, name)
+            raise BadRequest(f"since {since} is after the server's current position {replay.now}")
         del state.pending[subscriber]
         if since is not None:
             self.replays += 1
-        for update in replay.updates:
-            subscriber.send_update(update)
+        subscriber.send_replay(replay.updates)
         if replay.reset:
             self.resets += 1
             subscriber.send_reset(name, replay.now)
@@ -334,8 +344,9 @@ class Hub:
         state: _Channel,
         buffered: list[Update],
     ) -> Any:
-        if state.pending.get(subscriber) is buffered:
-            self.unsubscribe(subscriber, name)
+        if state.pending.get(subscriber) is not buffered:
+            return None  # superseded by a new subscription (or left): nothing to report
+        self.unsubscribe(subscriber, name)
         return failure
 
     def unsubscribe(self, subscriber: Subscriber, channel: object) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 from twisted.internet.defer import DeferredList
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
@@ -11,7 +14,11 @@ from twisted.web.server import NOT_DONE_YET, Request
 from twistedpush.errors import Forbidden, Limit, PushError
 from twistedpush.history import Update
 from twistedpush.hub import Hub
-from twistedpush.limits import Admission, address_key
+from twistedpush.limits import Admission
+
+if TYPE_CHECKING:
+    from twistedpush.web import PushRequest
+
 from twistedpush.wire import (
     Subscription,
     encode,
@@ -49,10 +56,15 @@ def allow_cross_origin(request: Request, admission: Admission) -> bool:
     return True
 
 
+def poll_error(error: PushError) -> bytes:
+    """A refused poll's answer: the error in the answer's own shape, no cursor."""
+    return b'{"messages":[%s],"ts":null}' % encode(error_message(error))
+
+
 def error_body(request: Request, status: int, error: PushError) -> bytes:
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json")
-    return b'{"messages":[%s],"ts":null}' % encode(error_message(error))
+    return poll_error(error)
 
 
 class _Poll:
@@ -105,6 +117,9 @@ class _Poll:
         if self.caught_up and self.call is not None and self.call.getTime() > self.clock.seconds():
             # Answer at the end of this reactor turn, with whatever else arrives in it.
             self.call.reset(0)
+
+    def send_replay(self, updates: Sequence[Update]) -> None:
+        self.messages.extend(update.message for update in updates)
 
     def send_reset(self, channel: str, now: int) -> None:
         self.messages.append(encode(reset_message(channel, now)))
@@ -163,11 +178,12 @@ class PollResource(Resource):
         request.setResponseCode(204 if allow_cross_origin(request, self.admission) else 403)
         return b""
 
-    def render_POST(self, request: Request) -> int | bytes:
+    def render_POST(self, request: PushRequest) -> int | bytes:
         if not allow_cross_origin(request, self.admission):
             return error_body(
                 request, 403, Forbidden(f"origin {_origin(request)!r} is not allowed")
             )
+        assert request.content is not None
         body = request.content.read(self.max_body + 1)
         try:
             subscriptions, timeout = parse_poll_body(
@@ -175,11 +191,15 @@ class PollResource(Resource):
             )
         except PushError as e:
             return error_body(request, 413 if e.code == "too_large" else 400, e)
-        ip = address_key(request.getClientAddress())
+        ticket = request.ticket
         try:
-            self.admission.admit("longpoll", ip)
+            self.admission.use(ticket, "longpoll")
         except Limit as e:
             return error_body(request, 503, e)
-        request.notifyFinish().addBoth(lambda _: self.admission.release("longpoll", ip))
+        # Counted as a poll until its answer has left this process (a client
+        # that does not read holds it in the send buffer), or the connection is gone.
+        request.notifyFinish().addBoth(
+            lambda _: request.when_sent(lambda: self.admission.use(ticket, "http"))
+        )
         _Poll(self.hub, self.clock, request, timeout).start(subscriptions)
         return NOT_DONE_YET

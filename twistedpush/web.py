@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
-from twisted.internet.interfaces import IReactorTime
-from twisted.web import server
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
+from twisted.web import http, server
 from twisted.web.resource import Resource
 from twisted.web.static import File
 
+from twistedpush.errors import Limit, PushError, TooLarge
 from twistedpush.hub import Hub
-from twistedpush.limits import TRANSPORTS, Admission
-from twistedpush.longpoll import PollResource
+from twistedpush.limits import TRANSPORTS, Admission, Ticket, address_key
+from twistedpush.longpoll import PollResource, allow_cross_origin, poll_error
 from twistedpush.websocket import PushWebSocketFactory
 
 
@@ -27,29 +33,229 @@ def client_script() -> Path:
 
 
 class UpgradeResource(WebSocketResource):
-    """Autobahn's upgrade, then release the HTTP side at once.
+    """Autobahn's upgrade, handing the connection's admission ticket to the WebSocket,
+    then releasing the HTTP side at once.
 
     The HTTP channel that carried the handshake would otherwise live on (with
     its request) until its 60 s idle timer fires: memory per new WebSocket.
     """
 
-    def render(self, request: server.Request) -> int | bytes:
-        result = super().render(request)
-        channel = request.channel
-        if channel is not None:
-            channel.setTimeout(None)
+    _factory: PushWebSocketFactory
+
+    def render(self, request: PushRequest) -> int | bytes:
+        channel = request.connection
+        self._factory.handover = channel.ticket
+        try:
+            result = super().render(request)
+        finally:
+            self._factory.handover = None
+        channel.setTimeout(None)
+        channel.upgraded()
         return result
 
 
-class BoundedRequest(server.Request):
-    """A request that keeps at most ``max_body`` bytes of its body, chunked or not."""
+def _raw_response(status: bytes, error: PushError) -> bytes:
+    """A whole HTTP answer for a connection that is refused before (or while) its
+    request arrives; the connection closes after it."""
+    body = json.dumps({"error": {"code": error.code, "message": error.message}}).encode()
+    return (
+        b"HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+        % (
+            status,
+            len(body),
+        )
+        + b"Connection: close\r\n\r\n"
+        + body
+    )
+
+
+class PushHTTPChannel(http.HTTPChannel):
+    """HTTP/1.1 for the public port: every connection is counted from the moment it
+    is accepted, a request must arrive whole (line, headers and body) within
+    ``request_timeout`` seconds, and a body declared too large is answered at once.
+
+    Without this a client that sends its headers a byte at a time holds a
+    connection that no cap counts and no idle timer ends (slowloris).
+    """
+
+    site: PushSite
+    transport: Any  # a TCP (or TLS) connection: its producer and state attributes are used
+    ticket: Ticket | None = None
+    paused = False
+    _deadline: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        self._waiting: list[Callable[[], None]] = []
+        super().connectionMade()
+        try:
+            self.ticket = self.site.admission.accept(address_key(self.transport.getPeer()))
+        except Limit as e:
+            self.transport.write(_raw_response(b"503 Service Unavailable", e))
+            self.transport.loseConnection()
+            return
+        self._arm()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.ticket is not None:  # a refused connection's requests are not read
+            super().dataReceived(data)
+
+    def _arm(self) -> None:
+        self._deadline = self.callLater(self.site.admission.limits.request_timeout, self._late)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _late(self) -> None:
+        self._deadline = None
+        timeout = self.site.admission.limits.request_timeout
+        error = PushError(f"the request did not arrive whole within {timeout:g} s")
+        self.transport.write(_raw_response(b"408 Request Timeout", error))
+        self.timeoutConnection()
+
+    def allHeadersReceived(self) -> None:
+        request: PushRequest = self.requests[-1]
+        declared = self.length
+        if declared is not None and declared > request.max_body:
+            # Answered before the body: no "100 Continue" invites it.
+            request.requestHeaders.removeHeader(b"expect")
+        super().allHeadersReceived()
+        assert self.ticket is not None
+        forwarded = request.getHeader(b"x-forwarded-for")
+        try:
+            self.site.admission.identify(
+                self.ticket, forwarded.decode("latin-1") if forwarded else None
+            )
+        except Limit as e:
+            request.refusal = (503, e)
+        if declared is not None and declared > request.max_body:
+            request.refusal = (
+                413,
+                TooLarge(f"body is {declared} bytes; at most {request.max_body} are accepted"),
+            )
+        if request.refusal is not None:
+            # Answer now; the rest of the body is read into nothing until the
+            # connection, no longer persistent, closes after the answer.
+            self.persistent = False
+            self.allContentReceived()
+            self.length = None
+
+    def allContentReceived(self) -> None:
+        self._disarm()
+        super().allContentReceived()
+
+    def requestDone(self, request: server.Request) -> None:
+        super().requestDone(request)
+        if self.persistent and not self.transport.disconnecting:
+            self._arm()  # the next request must arrive whole in time too
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        super().pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        super().resumeProducing()
+        waiting, self._waiting = self._waiting, []
+        for callback in waiting:
+            callback()
+
+    def when_sent(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once what was written has gone to the kernel (now, unless
+        the send buffer is full); never, if the connection is lost first."""
+        if self.paused and not self.transport.disconnected:
+            self._waiting.append(callback)
+        else:
+            callback()
+
+    def upgraded(self) -> None:
+        """The connection is a WebSocket's now, and so is its ticket."""
+        self._disarm()
+        self.ticket = None
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._disarm()
+        if self.ticket is not None:
+            self.site.admission.close(self.ticket)
+        super().connectionLost(reason)
+
+
+class PushRequest(server.Request):
+    """A request that keeps at most ``max_body`` bytes of its body, chunked or not,
+    names the client behind a trusted proxy, and may be refused before it is read."""
 
     max_body = 65536
+    refusal: tuple[int, PushError] | None = None
+    channel: PushHTTPChannel
+
+    def __init__(self, channel: PushHTTPChannel, *args: Any, **kwargs: Any) -> None:
+        super().__init__(channel, *args, **kwargs)
+        self.connection = channel
+        """The channel, kept after twisted.web lets go of it when the answer is finished."""
 
     def handleContentChunk(self, data: bytes) -> None:
+        assert self.content is not None
         room = self.max_body + 1 - self.content.tell()
         if room > 0:
             super().handleContentChunk(data[:room])
+
+    @property
+    def ticket(self) -> Ticket:
+        """The admission ticket of this request's connection."""
+        assert self.channel is not None and self.channel.ticket is not None
+        return self.channel.ticket
+
+    def when_sent(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once this request's answer has left for the kernel
+        (never, if the connection is gone first: closing it releases everything)."""
+        if not self.connection.transport.disconnected:
+            self.connection.when_sent(callback)
+
+    def getClientAddress(self) -> IAddress:
+        """The peer, or for a trusted proxy's connection the client it forwards for
+        (so that logs and per-address caps name the browser, not the proxy)."""
+        peer = super().getClientAddress()
+        ticket = self.channel.ticket if self.channel is not None else None
+        if ticket is None or ticket.address in (None, ticket.peer):
+            return peer
+        kind = IPv6Address if ":" in ticket.address else IPv4Address
+        return kind("TCP", ticket.address, 0)
+
+    def process(self) -> None:
+        if self.refusal is None:
+            super().process()
+            return
+        status, error = self.refusal
+        self.setResponseCode(status)
+        self.setHeader(b"Content-Type", b"application/json")
+        self.setHeader(b"Cache-Control", b"no-store")
+        allow_cross_origin(self, self.channel.site.admission)
+        if self.path == b"/poll":
+            body = poll_error(error)
+        else:
+            body = json.dumps({"error": {"code": error.code, "message": error.message}}).encode()
+        self.setHeader(b"Content-Length", b"%d" % len(body))
+        self.write(body)
+        self.finish()
+
+
+class PushSite(server.Site):
+    """The public site, with the admission that counts its connections."""
+
+    # HTTP/1.1 only (twisted.web's default would switch to h2 when TLS negotiates it).
+    protocol = PushHTTPChannel  # type: ignore[assignment]
+
+    def __init__(
+        self, resource: Resource, admission: Admission, max_body: int, reactor: IReactorTime
+    ) -> None:
+        super().__init__(
+            resource,
+            requestFactory=type("Request", (PushRequest,), {"max_body": max_body}),
+            reactor=reactor,
+        )
+        self.admission = admission
+        self.displayTracebacks = False
 
 
 class Status:
@@ -134,6 +340,11 @@ class MetricsResource(HealthResource):
 
 
 class RootResource(Resource):
+    """``/`` names the endpoints; everything else is a child."""
+
+    def getChild(self, path: bytes, request: server.Request) -> Resource:
+        return self if path == b"" else super().getChild(path, request)
+
     def render_GET(self, request: server.Request) -> bytes:
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         return (
@@ -161,7 +372,4 @@ def make_site(
     script = File(str(client_script()), defaultType="application/javascript")
     static.putChild(b"serverpush.js", script)
     root.putChild(b"static", static)
-    site = server.Site(root)
-    site.requestFactory = type("Request", (BoundedRequest,), {"max_body": max_body})
-    site.displayTracebacks = False
-    return site
+    return PushSite(root, admission, max_body, clock)

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import pprint
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket import protocol as autobahn_protocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.interfaces import IAddress
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twistedpush.errors import Forbidden, Limit, PushError
 from twistedpush.history import Update
 from twistedpush.hub import Hub
-from twistedpush.limits import Admission, address_key
+from twistedpush.limits import Admission, Ticket
 from twistedpush.wire import (
     encode,
     error_message,
@@ -53,19 +55,54 @@ def text_frame(payload: bytes) -> bytes:
 SLOW_CLIENT = 4000
 """Close code for a client dropped for not reading: reconnect and catch up."""
 
+REPLAY_CHUNK = 65536
+"""Bytes of replayed frames written per turn while the client keeps up."""
+
+
+class _Replay:
+    """A channel's replay, framed only as the client reads: its updates are history's
+    own objects, so a replay waiting on a slow reader costs no copy of them."""
+
+    __slots__ = ("position", "updates")
+
+    def __init__(self, updates: Sequence[Update]) -> None:
+        self.updates = updates
+        self.position = 0
+
+    def frames(self, budget: int) -> tuple[list[bytes], int, bool]:
+        """Frames worth about ``budget`` bytes, their size, and whether the replay is done."""
+        frames = []
+        size = 0
+        updates, position = self.updates, self.position
+        while position < len(updates) and size < budget:
+            frame = text_frame(updates[position].message)
+            frames.append(frame)
+            size += len(frame)
+            position += 1
+        self.position = position
+        return frames, size, position == len(updates)
+
 
 class PushWebSocketProtocol(WebSocketServerProtocol):
     """One browser connection; also the push producer of its TCP transport.
 
-    The transport pauses it when its send buffer is full; updates written while
-    paused count as backlog, and a client whose backlog passes
-    ``--max-pending-bytes`` is dropped, so memory per connection stays bounded.
+    Everything this connection sends goes through one outbox, written once per
+    reactor turn while the transport takes it. While the transport is paused
+    (the client does not read fast enough) frames wait in the outbox, and a
+    client whose outbox passes ``--max-pending-bytes`` is dropped. Replays wait
+    there as :class:`_Replay` and are framed only as the client reads, so a
+    stalled reader holds no copy of the history it asked for.
     """
 
     factory: PushWebSocketFactory
-    _ip: str | None = None
+    transport: Any  # a TCP (or TLS) connection: this protocol is its producer
+    ticket: Ticket | None = None
     _paused = False
-    _backlog = 0
+    _dirty = False
+    _outbox: list[bytes | _Replay] | None = None
+    _queued = 0
+    """Bytes of frames in the outbox (replays not yet framed are history's, not ours)."""
+    _replays = 0
     lasting = True
 
     def _connectionMade(self) -> None:
@@ -73,7 +110,7 @@ class PushWebSocketProtocol(WebSocketServerProtocol):
         pretty-printed only if logged: Autobahn formats it whether or not debug
         logging is on, a quarter of the server's time when a thousand browsers
         (re)connect at once."""
-        autobahn_protocol.pformat = LazyPformat
+        autobahn_protocol.pformat = LazyPformat  # type: ignore[assignment]
         try:
             super()._connectionMade()
         finally:
@@ -90,23 +127,30 @@ class PushWebSocketProtocol(WebSocketServerProtocol):
         self._paused = True
 
     def resumeProducing(self) -> None:
+        """The transport's buffer drained: write what waited, now."""
         self._paused = False
-        self._backlog = 0
+        if self._outbox:
+            self.flush()
 
     def stopProducing(self) -> None:
         self._paused = True
 
+    @property
+    def client_address(self) -> str:
+        """The browser's address (behind a trusted proxy, the one it forwards for)."""
+        ticket = self.ticket
+        return (ticket.address or ticket.peer) if ticket is not None else str(self.peer)
+
     def onConnect(self, request: ConnectionRequest) -> None:
         admission = self.factory.admission
-        ip = address_key(self.transport.getPeer())
         try:
             admission.check_origin(request.headers.get("origin"))
-            admission.admit("websocket", ip)
+            if self.ticket is not None:
+                admission.use(self.ticket, "websocket")
         except Forbidden as e:
             raise ConnectionDeny(403, e.message) from None
         except Limit as e:
             raise ConnectionDeny(503, e.message) from None
-        self._ip = ip
 
     @property
     def cookie(self) -> str | None:
@@ -129,64 +173,109 @@ class PushWebSocketProtocol(WebSocketServerProtocol):
             else:
                 self.factory.hub.unsubscribe(self, request.channel)
         except PushError as e:
-            self._send(error_message(e, channel))
+            self._send_message(error_message(e, channel))
 
     def _failed(self, failure: Failure, channel: str) -> None:
-        self._send(failed_subscription(failure, channel))
+        self._send_message(failed_subscription(failure, channel))
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.factory.hub.drop(self)
-        if self._ip is not None:
-            self.factory.admission.release("websocket", self._ip)
-            self._ip = None
+        self._outbox = None
+        if self.ticket is not None:
+            self.factory.admission.close(self.ticket)
 
-    # Output: every message of this connection goes through one outbox, written
-    # once per reactor turn (see PushWebSocketFactory.flush), so they stay in order.
+    # Output
 
-    _outbox: list[bytes] | None = None
-
-    def _queue(self, frame: bytes) -> None:
+    def _queue(self, item: bytes) -> None:
         if self.state != self.STATE_OPEN:
             return
-        if self._paused:
-            self._backlog += len(frame)
-            if self._backlog > self.factory.max_pending_bytes:
-                self._drop_slow()
-                return
+        self._queued += len(item)
+        if self._queued > self.factory.max_pending_bytes:
+            self._drop_slow()
+            return
         if self._outbox is None:
-            self._outbox = [frame]
-            self.factory.mark_dirty(self)
+            self._outbox = [item]
+            if not self._paused:
+                self._mark_dirty()
         else:
-            self._outbox.append(frame)
+            self._outbox.append(item)
+
+    def _mark_dirty(self) -> None:
+        if not self._dirty:
+            self._dirty = True
+            self.factory.mark_dirty(self)
 
     def flush(self) -> None:
-        """Write the turn's frames in one piece (after any frame Autobahn queued)."""
-        frames, self._outbox = self._outbox, None
-        if not frames or self.state != self.STATE_OPEN:
+        """Write the outbox in one piece, unless the transport is paused (then
+        :meth:`resumeProducing` asks again)."""
+        self._dirty = False
+        outbox = self._outbox
+        if not outbox or self._paused or self.state != self.STATE_OPEN:
             return
-        data = frames[0] if len(frames) == 1 else b"".join(frames)
-        if self.send_queue:
-            self.transport.write(data)
-        else:
-            write_now(self.transport, data)
+        if self._replays:
+            self._flush_replaying(outbox)
+            return
+        self._outbox = None
+        self._queued = 0
+        frames = cast(list[bytes], outbox)  # no replay among them
+        write_now(self.transport, frames[0] if len(frames) == 1 else b"".join(frames))
+
+    def _flush_replaying(self, outbox: list[bytes | _Replay]) -> None:
+        """Write about REPLAY_CHUNK bytes, framing replays as they come; the rest
+        waits for the next turn, or for the transport to take more."""
+        out: list[bytes] = []
+        size = 0
+        index = 0
+        while index < len(outbox) and size < REPLAY_CHUNK:
+            item = outbox[index]
+            if isinstance(item, _Replay):
+                frames, framed, done = item.frames(REPLAY_CHUNK - size)
+                out += frames
+                size += framed
+                if not done:
+                    break
+                self._replays -= 1
+            else:
+                out.append(item)
+                size += len(item)
+                self._queued -= len(item)
+            index += 1
+        rest = outbox[index:]
+        self._outbox = rest or None
+        write_now(self.transport, b"".join(out))
+        if rest and not self._paused:
+            self._mark_dirty()  # more next turn (if the write filled the transport: on resume)
 
     def _drop_slow(self) -> None:
         self.factory.slow_drops += 1
         log.info(
-            "dropping slow client {peer}: {backlog} bytes it has not read",
-            peer=self.peer,
-            backlog=self._backlog,
+            "dropping slow client {address}: {queued} bytes it has not read",
+            address=self.client_address,
+            queued=self._queued,
         )
+        self._outbox = None
         # Not hub.drop() here: this runs inside the hub's fan-out loop. The
         # close below stops further writes; onClose forgets the subscriptions.
         self.sendCloseFrame(SLOW_CLIENT, b"too slow: reconnect and catch up")
         self.dropConnection(abort=True)
 
-    def _send(self, message: dict) -> None:
+    def _send_message(self, message: dict) -> None:
         self._queue(text_frame(encode(message)))
 
     def send_update(self, update: Update) -> None:
         self._queue(self.factory.frame(update))
+
+    def send_replay(self, updates: Sequence[Update]) -> None:
+        if not updates or self.state != self.STATE_OPEN:
+            return
+        replay = _Replay(updates)
+        self._replays += 1
+        if self._outbox is None:
+            self._outbox = [replay]
+            if not self._paused:
+                self._mark_dirty()
+        else:
+            self._outbox.append(replay)
 
     def going_away(self) -> None:
         """The server is stopping: tell the browser to reconnect (to another node)."""
@@ -195,16 +284,16 @@ class PushWebSocketProtocol(WebSocketServerProtocol):
             self.sendCloseFrame(1001, b"server going away: reconnect")
 
     def send_reset(self, channel: str, now: int) -> None:
-        self._send(reset_message(channel, now))
+        self._send_message(reset_message(channel, now))
 
     def send_subscribed(self, channel: str, now: int) -> None:
-        self._send(subscribed_message(channel, now))
+        self._send_message(subscribed_message(channel, now))
 
 
 class PushWebSocketFactory(WebSocketServerFactory):
     """Frames each update once and hands the same bytes to every subscriber."""
 
-    protocol = PushWebSocketProtocol
+    protocol: type[PushWebSocketProtocol] = PushWebSocketProtocol  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -219,6 +308,8 @@ class PushWebSocketFactory(WebSocketServerFactory):
         self.max_message_size = max_message_size
         self.max_pending_bytes = admission.limits.max_pending_bytes
         self.slow_drops = 0
+        self.handover: Ticket | None = None
+        """The admission ticket of the connection being upgraded (set around it by the resource)."""
         self.dirty: list[PushWebSocketProtocol] = []
         self._flush_call: Any = None
         self._last: tuple[Update | None, bytes] = (None, b"")
@@ -231,6 +322,9 @@ class PushWebSocketFactory(WebSocketServerFactory):
             autoPingTimeout=30,
             # Frames are written as plain text frames (see flush): no compression.
             perMessageCompressionAccept=lambda offers: None,
+            # A protocol error (a frame over the limit, invalid UTF-8) gets a close
+            # frame with its code (1009, 1007), not a bare TCP drop (1006).
+            failByDrop=False,
         )
         # Autobahn copies each of these options from the factory into every
         # connection's __dict__ unless its class has them: a class of this
@@ -241,6 +335,11 @@ class PushWebSocketFactory(WebSocketServerFactory):
             if callable(value):
                 options[name] = staticmethod(value)
         self.protocol = type("PushWebSocketProtocol", (PushWebSocketProtocol,), options)
+
+    def buildProtocol(self, addr: IAddress | None) -> PushWebSocketProtocol:  # type: ignore[override]
+        protocol = cast(PushWebSocketProtocol, super().buildProtocol(addr))
+        protocol.ticket = self.handover
+        return protocol
 
     def frame(self, update: Update) -> bytes:
         """The WebSocket frame of ``update``; fan-out asks for the same update in a row."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from twistedpush.errors import BadRequest, Limit, PushError, TooLarge, Unavailable
+from twistedpush.hub import STRICT_JSON
 
 log = Logger()
 
@@ -30,9 +32,11 @@ def _object(payload: bytes, max_size: int, what: str) -> dict:
     if len(payload) > max_size:
         raise TooLarge(f"{what} is {len(payload)} bytes; at most {max_size} are accepted")
     try:
-        value = json.loads(payload)
+        value = STRICT_JSON.decode(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise BadRequest(f"{what} is not JSON: {e}") from None
+    except RecursionError:
+        raise BadRequest(f"{what} is nested too deeply") from None
     if not isinstance(value, dict):
         raise BadRequest(f"{what} must be a JSON object")
     return value
@@ -65,8 +69,12 @@ def parse_poll_body(
             raise BadRequest("each subscription must be an object with a channel")
         parsed.append(Subscription(item["channel"], item.get("since"), item.get("token")))
     timeout = request.get("timeout", DEFAULT_POLL_TIMEOUT)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
-        raise BadRequest("timeout must be a number of seconds")
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not 0 <= timeout < math.inf
+    ):
+        raise BadRequest("timeout must be a finite, non-negative number of seconds")
     return parsed, min(float(timeout), MAX_POLL_TIMEOUT)
 
 
@@ -97,7 +105,7 @@ def failed_subscription(failure: Failure, channel: str) -> dict:
     A refusal keeps its code; anything else (the history store is away) is
     logged here and shown to the client as ``unavailable``, to be retried.
     """
-    if failure.check(PushError):
+    if isinstance(failure.value, PushError):
         return error_message(failure.value, channel)
     log.failure("replay of {channel} failed", failure, channel=channel)
     return error_message(Unavailable("history is unavailable; try again"), channel)

@@ -12,19 +12,65 @@
  *   $(document).bind("serverpush_headline", function (event, data) {});  // with jQuery
  *   $.updates.registerProcessor("room:1", "chat", function (data) {});   // by data.type
  *
- * On "reset" (history no longer reaches back to this page's position) the
- * cancelable event "serverpush_reset" fires on document; unless a listener
- * calls preventDefault(), the page reloads.
+ * ServerPush.state is one of:
+ *   "idle"        nothing to follow: no channel subscribed yet or, over
+ *                 long-poll, every channel unsubscribed or refused;
+ *   "connecting"  the first attempt is about to start, or a WebSocket is opening;
+ *   "websocket"   connected over WebSocket;
+ *   "longpoll"    polling over HTTP (WebSocket failed twice, or was left out
+ *                 of `transports`);
+ *   "waiting"     an attempt failed; the next one starts after a backoff delay
+ *                 (doubling from 0.25-0.5 s up to 15-30 s, reset by a success).
+ *
+ * Events on document:
+ *   "serverpush_<name>"  an update with that name; detail is its data.
+ *   "serverpush_reset"   cancelable; detail {channel, ts}. History no longer
+ *                        reaches back to this page's position (a "reset"
+ *                        message), or the page's position is ahead of the
+ *                        server (a "bad_request" error, ts null; the channel
+ *                        is then followed from now on). Unless a listener
+ *                        calls preventDefault(), the page reloads.
+ *   "serverpush_error"   detail {channel, code, message}: the server refused a
+ *                        subscription (forbidden, bad_channel, limit, ...). The
+ *                        channel is left alone until the page subscribes to it
+ *                        again; "unavailable" is retried with backoff.
+ *
+ * ServerPush.debug = true (or configure({debug: true})) logs connection
+ * attempts, failures with the URL tried, the fallback to long-poll, retries
+ * and resets to the console. Errors thrown by the page's handlers, processors
+ * and listeners are reported with console.error and do not stop delivery.
  */
 (function (global) {
   "use strict";
 
   var doc = global.document;
 
+  function consoleCall(level, args) {
+    var con = global.console;
+    if (con && typeof con[level] === "function") {
+      con[level].apply(con, ["serverpush:"].concat(args));
+    }
+  }
+
+  // A handler, processor or listener of the page threw: say so, carry on.
+  function report(what, error) {
+    consoleCall("error", [what + " threw", error]);
+  }
+
+  function isPosition(value) {
+    return typeof value === "number" && value >= 0 && Math.floor(value) === value;
+  }
+
+  function backoff(attempt) {
+    var delay = Math.min(30000, 500 * Math.pow(2, attempt));
+    return delay / 2 + Math.random() * delay / 2;  // jitter: no thundering herd after a restart
+  }
+
   // Fire a DOM CustomEvent on document and, with jQuery on the page, a jQuery
   // event with the data as extra argument (the seed's bind(name, fn(event, data))).
   // jQuery also listens to native events of a bound type; marking the type as
   // being triggered (as jQuery itself does) keeps its handlers from running twice.
+  // Returns false when a listener prevented the default.
   function fire(name, detail, cancelable) {
     var event;
     if (typeof global.CustomEvent === "function") {
@@ -40,6 +86,8 @@
     }
     try {
       doc.dispatchEvent(event);
+    } catch (e) {
+      report("a listener of " + name, e);
     } finally {
       if (withJq) {
         jq.event.triggered = undefined;
@@ -47,9 +95,14 @@
     }
     var allowed = !event.defaultPrevented;
     if (withJq) {
-      var jqEvent = jq.Event(name);
-      jq(doc).trigger(jqEvent, [detail]);
-      allowed = allowed && !jqEvent.isDefaultPrevented();
+      var jqEvent = null;
+      try {
+        jqEvent = jq.Event(name);
+        jq(doc).trigger(jqEvent, [detail]);
+      } catch (e) {
+        report("a jQuery handler of " + name, e);
+      }
+      allowed = allowed && !(jqEvent && jqEvent.isDefaultPrevented());
     }
     return allowed;
   }
@@ -57,22 +110,34 @@
   function Client() {
     this.url = null;
     this.since = null;
-    this.channels = {};
-    this.order = [];
-    this.processors = {};
+    this.debug = false;
+    // Keyed by names that come from the page and the server: Maps, never
+    // plain objects ("__proto__", "constructor" are fine channel names).
+    this.channels = new Map();    // channel -> entry, in subscription order
+    this.processors = new Map();  // channel -> Map(data.type -> fn)
     this.mode = "websocket";
     this.socket = null;
     this.open = false;
     this.wsFailures = 0;
     this.attempt = 0;
-    this.timer = null;
-    this.poller = null;
+    this.timer = null;   // the next connection attempt
+    this.poller = null;  // the long-poll request in flight
+    this.pollOk = false; // the last long-poll answered
     this.started = false;
     this.state = "idle";
   }
 
+  Client.prototype.log = function () {
+    if (this.debug) {
+      consoleCall("log", Array.prototype.slice.call(arguments));
+    }
+  };
+
   Client.prototype.configure = function (options) {
     options = options || {};
+    if (options.debug !== undefined) {
+      this.debug = !!options.debug;
+    }
     if (options.url) {
       this.url = String(options.url).replace(/\/+$/, "");
     }
@@ -95,11 +160,13 @@
       options = {};
     }
     options = options || {};
-    var entry = this.channels[channel];
+    channel = String(channel);
+    var entry = this.channels.get(channel);
     if (!entry) {
       var since = options.since !== undefined && options.since !== null ? options.since : this.since;
-      entry = this.channels[channel] = {channel: channel, token: null, since: since, handlers: []};
-      this.order.push(channel);
+      entry = {channel: channel, token: null, since: since, handlers: [],
+               failed: null, retryTimer: null, retryAttempt: 0};
+      this.channels.set(channel, entry);
     }
     if (options.token !== undefined) {
       entry.token = options.token;
@@ -107,23 +174,25 @@
     if (handler) {
       entry.handlers.push(handler);
     }
-    this.start();
-    if (this.open) {
-      this.sendSubscribe(entry);
-    } else if (this.poller) {
-      this.restartPoll();
+    entry.failed = null;  // subscribing again takes a refused channel back
+    if (entry.retryTimer === null) {  // else its retry is already planned
+      this.activate(entry);
     }
     return this;
   };
 
   Client.prototype.unsubscribe = function (channel) {
-    if (!this.channels[channel]) {
+    channel = String(channel);
+    var entry = this.channels.get(channel);
+    if (!entry) {
       return this;
     }
-    delete this.channels[channel];
-    this.order.splice(this.order.indexOf(channel), 1);
+    this.channels.delete(channel);
+    this.clearRetry(entry);
     if (this.open) {
-      this.socket.send(JSON.stringify({type: "unsubscribe", channel: channel}));
+      if (entry.failed === null) {
+        this.socket.send(JSON.stringify({type: "unsubscribe", channel: channel}));
+      }
     } else if (this.poller) {
       this.restartPoll();
     }
@@ -131,7 +200,13 @@
   };
 
   Client.prototype.registerProcessor = function (channel, type, fn) {
-    (this.processors[channel] = this.processors[channel] || {})[type] = fn;
+    channel = String(channel);
+    var byType = this.processors.get(channel);
+    if (!byType) {
+      byType = new Map();
+      this.processors.set(channel, byType);
+    }
+    byType.set(String(type), fn);
     return this;
   };
 
@@ -144,12 +219,26 @@
   };
 
   Client.prototype.start = function () {
-    if (this.started || !this.order.length) {
+    if (this.started || !this.channels.size) {
       return;
     }
     this.started = true;
+    this.state = "connecting";
     var self = this;
-    setTimeout(function () { self.connect(); }, 0);
+    this.timer = setTimeout(function () { self.connect(); }, 0);
+  };
+
+  // Bring one channel to the server, whatever the connection is doing.
+  Client.prototype.activate = function (entry) {
+    if (!this.started) {
+      this.start();
+    } else if (this.open) {
+      this.sendSubscribe(entry);
+    } else if (this.mode === "longpoll" && this.timer === null) {
+      this.restartPoll();  // idle or polling: poll again, with this channel
+    }
+    // Otherwise a WebSocket is opening or an attempt is planned: it takes
+    // every channel along.
   };
 
   Client.prototype.connect = function () {
@@ -157,6 +246,9 @@
     if (this.mode === "websocket" && typeof global.WebSocket === "function") {
       this.connectWebSocket();
     } else {
+      if (this.mode !== "longpoll") {
+        this.log("no WebSocket in this browser: long-poll");
+      }
       this.mode = "longpoll";
       this.poll();
     }
@@ -164,11 +256,48 @@
 
   Client.prototype.retry = function () {
     var self = this;
-    var delay = Math.min(30000, 500 * Math.pow(2, this.attempt));
+    var delay = backoff(this.attempt);
     this.attempt += 1;
-    delay = delay / 2 + Math.random() * delay / 2;  // jitter: no thundering herd after a restart
     this.state = "waiting";
+    if (this.timer !== null) {
+      clearTimeout(this.timer);
+    }
+    this.log("next attempt in " + Math.round(delay) + " ms");
     this.timer = setTimeout(function () { self.connect(); }, delay);
+  };
+
+  // A channel the server could not serve for now ("unavailable"): try it
+  // again later, with its own backoff, without holding up the others.
+  Client.prototype.retryLater = function (entry) {
+    var self = this;
+    this.clearRetry(entry);
+    var delay = backoff(entry.retryAttempt);
+    entry.retryAttempt += 1;
+    this.log("channel " + entry.channel + " unavailable: retrying in " + Math.round(delay) + " ms");
+    entry.retryTimer = setTimeout(function () {
+      entry.retryTimer = null;
+      if (self.channels.get(entry.channel) === entry && entry.failed === null) {
+        self.activate(entry);
+      }
+    }, delay);
+  };
+
+  Client.prototype.clearRetry = function (entry) {
+    if (entry.retryTimer !== null) {
+      clearTimeout(entry.retryTimer);
+      entry.retryTimer = null;
+    }
+  };
+
+  // The channels to send the server now: not refused, not waiting for a retry.
+  Client.prototype.active = function () {
+    var list = [];
+    this.channels.forEach(function (entry) {
+      if (entry.failed === null && entry.retryTimer === null) {
+        list.push(entry);
+      }
+    });
+    return list;
   };
 
   // WebSocket
@@ -177,9 +306,11 @@
     var self = this;
     var url = this.baseUrl().replace(/^http/, "ws") + "/ws";
     var socket;
+    this.log("connecting to " + url);
     try {
       socket = new global.WebSocket(url);
     } catch (e) {
+      this.log("WebSocket to " + url + " failed: " + e);
       this.wsFailed();
       return;
     }
@@ -187,13 +318,18 @@
     this.state = "connecting";
     var opened = false;
     socket.onopen = function () {
+      if (self.socket !== socket) {
+        return;
+      }
       opened = true;
       self.open = true;
       self.attempt = 0;
       self.wsFailures = 0;
       self.state = "websocket";
-      for (var i = 0; i < self.order.length; i++) {
-        self.sendSubscribe(self.channels[self.order[i]]);
+      self.log("connected to " + url);
+      var entries = self.active();
+      for (var i = 0; i < entries.length; i++) {
+        self.sendSubscribe(entries[i]);
       }
     };
     socket.onmessage = function (event) {
@@ -203,14 +339,22 @@
       } catch (e) {
         return;
       }
-      self.handle(message);
+      if (message && typeof message === "object") {
+        self.handle(message);
+      }
     };
-    socket.onclose = function () {
+    socket.onclose = function (event) {
+      if (self.socket !== socket) {
+        return;
+      }
       self.open = false;
       self.socket = null;
+      var code = event && event.code ? " (close code " + event.code + ")" : "";
       if (!opened) {
+        self.log("WebSocket to " + url + " failed" + code);
         self.wsFailed();
       } else {
+        self.log("WebSocket to " + url + " closed" + code);
         self.retry();
       }
     };
@@ -221,6 +365,8 @@
     if (this.wsFailures >= 2) {
       this.mode = "longpoll";  // WebSocket blocked on this network: poll instead
       this.attempt = 0;
+      this.log("WebSocket failed " + this.wsFailures + " times: falling back to long-poll at " +
+               this.baseUrl() + "/poll");
       this.connect();
     } else {
       this.retry();
@@ -237,59 +383,106 @@
 
   Client.prototype.poll = function () {
     var self = this;
-    if (!this.order.length) {
+    var sent = this.active();
+    if (!sent.length) {
       this.poller = null;
+      var waiting = false;
+      this.channels.forEach(function (entry) { waiting = waiting || entry.retryTimer !== null; });
+      this.state = waiting ? "waiting" : "idle";
       return;
     }
     var subscriptions = [];
-    for (var i = 0; i < this.order.length; i++) {
-      var entry = this.channels[this.order[i]];
-      subscriptions.push({channel: entry.channel, since: entry.since, token: entry.token});
+    for (var i = 0; i < sent.length; i++) {
+      subscriptions.push({channel: sent[i].channel, since: sent[i].since, token: sent[i].token});
     }
-    var xhr = new global.XMLHttpRequest();
+    var url = this.baseUrl() + "/poll";
+    if (!this.pollOk) {
+      this.log("long-poll to " + url);
+    }
+    var xhr;
+    try {
+      xhr = new global.XMLHttpRequest();
+      xhr.open("POST", url);
+      xhr.setRequestHeader("Content-Type", "application/json");
+    } catch (e) {
+      this.poller = null;
+      this.pollFailed(url, String(e));
+      return;
+    }
     this.poller = xhr;
     this.state = "longpoll";
-    xhr.open("POST", this.baseUrl() + "/poll");
-    xhr.setRequestHeader("Content-Type", "application/json");
+    xhr.timeout = 60000;  // the server answers within 25 s: a silent network is a failure
     xhr.onload = function () {
-      if (self.poller !== xhr) {
-        return;
-      }
-      var body = null;
-      try {
-        body = JSON.parse(xhr.responseText);
-      } catch (e) {
-        body = null;
-      }
-      if (xhr.status !== 200 || !body) {
-        self.poller = null;
-        self.retry();
-        return;
-      }
-      self.attempt = 0;
-      var updated = {};
-      for (var j = 0; j < body.messages.length; j++) {
-        var message = body.messages[j];
-        if (message.type === "update") {
-          updated[message.channel] = true;
-        }
-        self.handle(message);
-      }
-      for (var name in self.channels) {
-        var ch = self.channels[name];
-        if (!updated[name] && body.ts !== null && (ch.since === null || body.ts > ch.since)) {
-          ch.since = body.ts;
-        }
-      }
-      self.poll();
-    };
-    xhr.onerror = function () {
       if (self.poller === xhr) {
         self.poller = null;
-        self.retry();
+        self.answered(xhr, sent, url);
+      }
+    };
+    xhr.onerror = xhr.ontimeout = function () {
+      if (self.poller === xhr) {
+        self.poller = null;
+        self.pollFailed(url, "no answer (server down, wrong URL or refused by CORS)");
       }
     };
     xhr.send(JSON.stringify({subscriptions: subscriptions, timeout: 25}));
+  };
+
+  Client.prototype.answered = function (xhr, sent, url) {
+    var body = null;
+    try {
+      body = JSON.parse(xhr.responseText);
+    } catch (e) {
+      body = null;
+    }
+    var messages = body && Array.isArray(body.messages) ? body.messages : null;
+    if (xhr.status !== 200 || !messages) {
+      var why = "HTTP " + xhr.status;
+      var first = messages && messages[0];
+      if (first && first.code) {
+        why += " (" + first.code + ": " + first.message + ")";
+      }
+      this.pollFailed(url, why);
+      return;
+    }
+    this.attempt = 0;
+    this.pollOk = true;
+    var updated = new Set();  // channels that continue from their last update
+    var refused = new Set();  // channels that got an error: the cursor is not theirs
+    for (var i = 0; i < messages.length; i++) {
+      var message = messages[i];
+      if (!message || typeof message !== "object") {
+        continue;
+      }
+      if (message.type === "update") {
+        updated.add(message.channel);
+      } else if (message.type === "error") {
+        refused.add(message.channel);
+      }
+      try {
+        this.handle(message);
+      } catch (e) {
+        report("handling a message", e);
+      }
+    }
+    for (var j = 0; j < sent.length; j++) {
+      var entry = sent[j];
+      if (this.channels.get(entry.channel) !== entry || refused.has(entry.channel)) {
+        continue;
+      }
+      entry.retryAttempt = 0;
+      if (!updated.has(entry.channel) && typeof body.ts === "number" &&
+          (entry.since === null || body.ts > entry.since)) {
+        entry.since = body.ts;
+      }
+    }
+    // Also drops a poll a handler may have started meanwhile: positions moved.
+    this.restartPoll();
+  };
+
+  Client.prototype.pollFailed = function (url, why) {
+    this.pollOk = false;
+    this.log("long-poll to " + url + " failed: " + why);
+    this.retry();
   };
 
   Client.prototype.restartPoll = function () {
@@ -304,17 +497,9 @@
   // Messages
 
   Client.prototype.handle = function (message) {
-    var entry = this.channels[message.channel];
+    var entry = this.channels.get(message.channel);
     if (message.type === "error") {
-      fire("serverpush_error", message, false);
-      if (entry && message.code === "unavailable" && this.open) {
-        var self = this;
-        setTimeout(function () {
-          if (self.open && self.channels[entry.channel] === entry) {
-            self.sendSubscribe(entry);
-          }
-        }, 1000 + Math.random() * 1000);
-      }
+      this.handleError(entry, message);
       return;
     }
     if (!entry) {
@@ -327,25 +512,75 @@
       entry.since = message.ts;
       this.dispatch(entry, message);
     } else if (message.type === "subscribed") {
+      entry.retryAttempt = 0;
       if (entry.since === null || message.ts > entry.since) {
         entry.since = message.ts;
       }
     } else if (message.type === "reset") {
       entry.since = message.ts;
-      if (fire("serverpush_reset", {channel: message.channel, ts: message.ts}, true)) {
-        global.location.reload();
+      this.reset(entry, message.ts);
+    }
+  };
+
+  Client.prototype.handleError = function (entry, message) {
+    var code = message.code;
+    if (entry && code === "bad_request" && isPosition(entry.since)) {
+      // A well-formed position refused: it is ahead of the server (contract
+      // v2) and cannot be resumed. As for a reset: the page reloads unless it
+      // handles that, and the channel is followed from now on. (A malformed
+      // `since` is the page's own error: reported below, never a reload loop.)
+      this.log("channel " + entry.channel + ": position " + entry.since +
+               " refused (" + message.message + "): following it from now on");
+      entry.since = null;
+      this.reset(entry, null);
+      if (this.open && this.channels.get(entry.channel) === entry) {
+        this.sendSubscribe(entry);
+      }  // over long-poll the next request carries since: null
+      return;
+    }
+    var detail = {channel: message.channel === undefined ? null : message.channel,
+                  code: code, message: message.message};
+    if (entry && code === "unavailable") {
+      this.retryLater(entry);
+    } else {
+      if (entry) {
+        entry.failed = code || "error";  // not retried until the page subscribes again
+        this.clearRetry(entry);
       }
+      consoleCall("error", [(detail.channel !== null ? "channel " + detail.channel + ": " : "") +
+                            code + ": " + message.message]);
+    }
+    fire("serverpush_error", detail, false);
+  };
+
+  Client.prototype.reset = function (entry, ts) {
+    this.log("reset of channel " + entry.channel);
+    if (fire("serverpush_reset", {channel: entry.channel, ts: ts}, true)) {
+      this.log("reloading the page");
+      global.location.reload();
     }
   };
 
   Client.prototype.dispatch = function (entry, message) {
     var data = message.data;
-    for (var i = 0; i < entry.handlers.length; i++) {
-      entry.handlers[i](data, message);
+    var handlers = entry.handlers.slice();
+    for (var i = 0; i < handlers.length; i++) {
+      try {
+        handlers[i](data, message);
+      } catch (e) {
+        report("a handler of channel " + entry.channel, e);
+      }
     }
-    var processors = this.processors[entry.channel];
-    if (processors && data && typeof data === "object" && processors[data.type]) {
-      processors[data.type](data, message);
+    var byType = this.processors.get(entry.channel);
+    if (byType && data && typeof data === "object" && data.type !== undefined && data.type !== null) {
+      var processor = byType.get(String(data.type));
+      if (processor) {
+        try {
+          processor(data, message);
+        } catch (e) {
+          report("the processor " + data.type + " of channel " + entry.channel, e);
+        }
+      }
     }
     if (message.name) {
       fire("serverpush_" + message.name, data, false);
@@ -360,13 +595,14 @@
     subscribe: function (channels) {
       if (typeof channels === "string") {
         client.subscribe(channels, {});
-      } else if (channels instanceof Array) {
+      } else if (Array.isArray(channels)) {
         for (var i = 0; i < channels.length; i++) {
           client.subscribe(channels[i], {});
         }
       } else {
-        for (var name in channels) {
-          client.subscribe(name, {token: channels[name]});
+        var names = Object.keys(channels);
+        for (var j = 0; j < names.length; j++) {
+          client.subscribe(names[j], {token: channels[names[j]]});
         }
       }
       return updates;
