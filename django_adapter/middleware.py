@@ -48,4 +48,4 @@ class ServerPushMiddleware:
         except PushServerUnavailable as e:
             log.warning("push server unavailable, page will reset on connect: %s", e)
             since = 0
-        request.serverpush = PageState(since, channels)  # type: ignore[attr-defined]
+        request.serverpush = PageState(since, channels)

@@ -304,7 +304,7 @@ def _publish(items: list[tuple[str, Any, str]]) -> None:
 _UNWATCHED_APPS = frozenset({"sessions", "contenttypes", "migrations", "admin"})
 
 
-def _ignored(sender: type) -> bool:
+def _ignored(sender: type[models.Model]) -> bool:
     """The registry itself, Django's bookkeeping, and migrations' historical models."""
     return (
         sender is PageGroup
@@ -331,7 +331,7 @@ def instance_deleting(sender: type, instance: models.Model, **kwargs: Any) -> No
         return
     groups = matching_groups(instance)
     if groups:
-        instance._serverpush_groups = groups  # type: ignore[attr-defined]
+        instance._serverpush_groups = groups
 
 
 def instance_deleted(sender: type, instance: models.Model, **kwargs: Any) -> None:

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import pytest
+from twisted.internet.defer import maybeDeferred
+from twisted.python.failure import Failure
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -167,9 +172,83 @@ class RedisServer:
             self.process.send_signal(sig)
             self.process.wait(10)
 
+    def command(self, *args: str) -> Any:
+        """One command over a plain socket: tests look at the keys without the code under test."""
+        request = f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(request.encode())
+            with sock.makefile("rb") as reply:
+                return _read_reply(reply)
+
+
+def _read_reply(reply: BinaryIO) -> Any:
+    """A RESP2 reply: simple string, error (raised), integer, bulk string or array."""
+    line = reply.readline()
+    kind, rest = line[:1], line[1:-2].decode()
+    if kind == b"+":
+        return rest
+    if kind == b"-":
+        raise RuntimeError(f"Redis error: {rest}")
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        return None if rest == "-1" else reply.read(int(rest) + 2)[:-2].decode()
+    if kind == b"*":
+        return None if rest == "-1" else [_read_reply(reply) for _ in range(int(rest))]
+    raise RuntimeError(f"not a Redis reply: {line!r}")
+
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path).start()
     yield server
     server.stop(signal.SIGKILL)
+
+
+class ReactorThread:
+    """The global reactor, running in a thread of its own, for tests that need real I/O
+    in-process (a store talking to a real redis-server) while staying plain functions.
+
+    ``call`` runs a function in the reactor thread and waits, bounded, for its result
+    (a Deferred's too), raising its exception in the test. pytest-twisted is not
+    installed, and trial's TestCase does not take pytest's fixtures and parameters;
+    the global reactor cannot be restarted, hence one for the whole session.
+    """
+
+    def __init__(self) -> None:
+        from twisted.internet import reactor
+
+        self.reactor: Any = reactor
+        self._thread = threading.Thread(
+            target=reactor.run, kwargs={"installSignalHandlers": False}, daemon=True
+        )
+
+    def start(self) -> ReactorThread:
+        running = threading.Event()
+        self.reactor.callWhenRunning(running.set)
+        self._thread.start()
+        if not running.wait(10):
+            raise RuntimeError("the reactor did not start")
+        return self
+
+    def call(self, function: Callable[..., Any], *args: Any, timeout: float = 10) -> Any:
+        answers: queue.Queue = queue.Queue()
+        self.reactor.callFromThread(lambda: maybeDeferred(function, *args).addBoth(answers.put))
+        try:
+            answer = answers.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"{function!r} did not answer within {timeout} s") from None
+        if isinstance(answer, Failure):
+            answer.raiseException()
+        return answer
+
+    def stop(self) -> None:
+        self.reactor.callFromThread(self.reactor.stop)
+        self._thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def reactor_thread() -> Iterator[ReactorThread]:
+    thread = ReactorThread().start()
+    yield thread
+    thread.stop()

@@ -27,6 +27,7 @@ class ChaosClient(threading.Thread):
     def __init__(self, nodes, since, seed):
         super().__init__(daemon=True)
         self.nodes = nodes
+        self.since = since  # where the client started: its first update is checked from here
         self.position = since
         self.random = random.Random(seed)
         self.events = []  # ("update", ts, value) or ("reset", ts)
@@ -99,7 +100,7 @@ def check(clients, acked, failed):
               "reconnects": 0, "delivered": 0}  # fmt: skip
     for client in clients:
         report["reconnects"] += client.reconnects
-        previous = None  # last update ts since the last reset
+        previous = client.since  # the last position the client had: start, update or reset
         for event in client.events:
             if event[0] == "reset":
                 report["resets"] += 1
@@ -110,10 +111,9 @@ def check(clients, acked, failed):
             assert ts in known or value in failed, f"update {event} was never published"
             if ts in known:
                 assert known[ts] == value
-            if previous is not None:
-                assert ts > previous, f"duplicate or out of order: {ts} after {previous}"
-                gap = [t for t in stamps if previous < t < ts]
-                assert not gap, f"client missed {len(gap)} acknowledged updates"
+            assert ts > previous, f"duplicate or out of order: {ts} after {previous}"
+            gap = [t for t in stamps if previous < t < ts]
+            assert not gap, f"client missed {len(gap)} acknowledged updates"
             previous = ts
         assert client.last_update() == stamps[-1], "client did not reach the end"
     return report

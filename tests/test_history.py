@@ -116,6 +116,7 @@ def test_update_message_is_the_contract_json():
     store = MemoryHistory(Clock())
     seen = []
     store.start(seen.append)
+    store.watch("room")
     publish(store, "room", '{"x": [1, "é"]}')
     message = json.loads(seen[0].message)
     assert message == {

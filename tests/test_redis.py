@@ -6,9 +6,11 @@ import threading
 import time
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.conftest import RedisServer
+from tests.conftest import PushServer, RedisServer
+from tests.test_store_contract import StoreUnderTest, item
 from twistedpush.client import PushClient
 from twistedpush.errors import Unavailable
 
@@ -16,11 +18,18 @@ pytestmark = pytest.mark.integration
 
 
 class Collector:
-    """A WebSocket client in a thread, recording every message of one channel."""
+    """A WebSocket client in a thread, recording every message of one channel.
+
+    What the thread fails with is kept and raised in the test: by ``wait`` as soon
+    as the thread has ended (it will record nothing more), else by ``close``. The
+    server closing the connection (the tests kill nodes) is not an error, only
+    waiting on a closed connection is.
+    """
 
     def __init__(self, node, channel, since=None):
         self.messages = []
         self.ws = None
+        self.error = None
         subscribe = {"type": "subscribe", "channel": channel, "since": since}
         self.thread = threading.Thread(target=self._run, args=(node, subscribe), daemon=True)
         self.thread.start()
@@ -28,30 +37,63 @@ class Collector:
 
     def _run(self, node, subscribe):
         try:
-            with connect(node.ws_url) as self.ws:
+            with connect(node.ws_url, open_timeout=5) as self.ws:
                 self.ws.send(json.dumps(subscribe))
                 for frame in self.ws:
                     self.messages.append(json.loads(frame))
-        except Exception:
+        except ConnectionClosed:
             pass
+        except Exception as e:
+            self.error = e
+
+    def raise_error(self):
+        """Raise the thread's exception, once."""
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
 
     def updates(self):
         return [m for m in self.messages if m["type"] == "update"]
 
     def wait(self, predicate, what, timeout=20):
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:
+            ended = not self.thread.is_alive()  # before the check: nothing comes after
             if predicate():
                 return
+            if ended:
+                self.raise_error()
+                raise AssertionError(f"connection closed before {what}: {self.messages[-5:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}: {self.messages[-5:]}")
             time.sleep(0.02)
-        raise AssertionError(f"timed out waiting for {what}: {self.messages[-5:]}")
 
     def wait_updates(self, count):
         self.wait(lambda: len(self.updates()) >= count, f"{count} updates")
         return self.updates()
 
     def close(self):
-        self.ws.close()
+        if self.ws is not None:
+            self.ws.close()
+        self.thread.join(5)
+        self.raise_error()
+        assert not self.thread.is_alive(), "the client thread did not end"
+
+
+@pytest.fixture
+def collect():
+    """``collect(node, channel, since=None)``: a started Collector, closed after the test
+    (which fails there if its thread met an error that nothing raised yet)."""
+    made = []
+
+    def start(node, channel, since=None):
+        collector = Collector(node, channel, since)
+        made.append(collector)
+        return collector
+
+    yield start
+    for collector in made:
+        collector.close()
 
 
 def nodes(push_server, redis, count=2, *extra):
@@ -70,11 +112,11 @@ def publish_retrying(client, channel, value, deadline=30):
             time.sleep(0.05)
 
 
-def test_two_nodes_act_as_one(push_server, redis_server):
+def test_two_nodes_act_as_one(push_server, redis_server, collect):
     a, b = nodes(push_server, redis_server)
     pub_a, pub_b = PushClient(port=a.notifier_port), PushClient(port=b.notifier_port)
     since = pub_a.current_timestamp()
-    on_a, on_b = Collector(a, "room"), Collector(b, "room")
+    on_a, on_b = collect(a, "room"), collect(b, "room")
     stamps = []
     for i in range(20):
         stamps.append((pub_a if i % 2 else pub_b).send_update("room", i))
@@ -82,50 +124,52 @@ def test_two_nodes_act_as_one(push_server, redis_server):
     for collector in (on_a, on_b):
         got = collector.wait_updates(20)
         assert [(u["ts"], u["data"]) for u in got] == list(zip(stamps, range(20), strict=True))
-    late = Collector(b, "room", since=since)  # catch-up on B of what went through both
+    late = collect(b, "room", since=since)  # catch-up on B of what went through both
     assert [u["data"] for u in late.wait_updates(20)] == list(range(20))
     assert b.health()["store"] == "redis"
 
 
-def test_same_horizon_and_reset_as_memory(push_server, redis_server):
+def test_same_horizon_and_reset_as_memory(push_server, redis_server, collect):
     (node,) = nodes(push_server, redis_server, 1, "--history-size", "3")
     pub = PushClient(port=node.notifier_port)
     stamps = [pub.send_update("c", i) for i in range(5)]
-    assert [u["data"] for u in Collector(node, "c", since=stamps[1]).wait_updates(3)] == [2, 3, 4]
-    reset = Collector(node, "c", since=stamps[1] - 1)
+    assert [u["data"] for u in collect(node, "c", since=stamps[1]).wait_updates(3)] == [2, 3, 4]
+    reset = collect(node, "c", since=stamps[1] - 1)
     assert [m["type"] for m in reset.messages[:2]] == ["reset", "subscribed"]
-    fresh = Collector(node, "never-used", since=stamps[0] - 10**9)  # before the store began
+    fresh = collect(node, "never-used", since=stamps[0] - 10**9)  # before the store began
     assert fresh.messages[0]["type"] == "reset"
 
 
-def test_acknowledged_updates_survive_a_node_killed_with_sigkill(push_server, redis_server):
+def test_acknowledged_updates_survive_a_node_killed_with_sigkill(
+    push_server, redis_server, collect
+):
     a, b = nodes(push_server, redis_server)
     pub = PushClient(port=a.notifier_port)
     since = pub.current_timestamp()
     stamps = [pub.send_update("k", i) for i in range(50)]
     a.stop(signal.SIGKILL)
-    got = Collector(b, "k", since=since).wait_updates(50)
+    got = collect(b, "k", since=since).wait_updates(50)
     assert [u["ts"] for u in got] == stamps
 
 
-def test_node_restart_client_catches_up(push_server, redis_server):
+def test_node_restart_client_catches_up(push_server, redis_server, collect):
     a, b = nodes(push_server, redis_server)
     pub = PushClient(port=a.notifier_port)
-    first = Collector(b, "n")
+    first = collect(b, "n")
     pub.send_update("n", "before")
     last_seen = first.wait_updates(1)[-1]["ts"]
     b.stop(signal.SIGKILL)
     missed = [pub.send_update("n", f"while-down-{i}") for i in range(10)]
     b.start()
-    again = Collector(b, "n", since=last_seen)
+    again = collect(b, "n", since=last_seen)
     assert [u["ts"] for u in again.wait_updates(10)] == missed
 
 
-def test_redis_restarted_mid_stream_loses_nothing(push_server, redis_server):
+def test_redis_restarted_mid_stream_loses_nothing(push_server, redis_server, collect):
     # History long enough for the whole stream: the test is about the outage, not trimming.
     a, b = nodes(push_server, redis_server, 2, "--history-size", "1000")
     pub = PushClient(port=a.notifier_port, timeout=10)
-    watcher = Collector(b, "s", since=pub.current_timestamp())
+    watcher = collect(b, "s", since=pub.current_timestamp())
     acked = []
     for i in range(200):
         if i == 80:
@@ -140,12 +184,12 @@ def test_redis_restarted_mid_stream_loses_nothing(push_server, redis_server):
     assert [u["data"] for u in got] == list(range(200))
 
 
-def test_redis_data_lost_gives_an_explicit_reset(push_server, tmp_path):
+def test_redis_data_lost_gives_an_explicit_reset(push_server, tmp_path, collect):
     redis = RedisServer(tmp_path, persist=False).start()
     try:
         a, b = nodes(push_server, redis)
         pub = PushClient(port=a.notifier_port)
-        watcher = Collector(b, "gone", since=pub.current_timestamp())
+        watcher = collect(b, "gone", since=pub.current_timestamp())
         pub.send_update("gone", 1)
         watcher.wait_updates(1)
         redis.stop(signal.SIGKILL)
@@ -157,7 +201,7 @@ def test_redis_data_lost_gives_an_explicit_reset(push_server, tmp_path):
             ),
             "reset or the update",
         )
-        after = Collector(b, "gone", since=watcher.updates()[0]["ts"])
+        after = collect(b, "gone", since=watcher.updates()[0]["ts"])
         assert after.messages[0]["type"] == "reset", "history older than the restart is gone"
     finally:
         redis.stop(signal.SIGKILL)
@@ -179,3 +223,25 @@ def test_redis_down_send_update_errors_and_health_says_so(push_server, redis_ser
     assert status.value.code == 503
     redis_server.start()
     assert publish_retrying(pub, "d", 5)
+
+
+def test_a_client_threads_error_is_reported_at_once(tmp_path):
+    nobody = PushServer(tmp_path)  # its ports, never listened on
+    started = time.monotonic()
+    with pytest.raises(ConnectionRefusedError):
+        Collector(nobody, "c")
+    assert time.monotonic() - started < 10, "reported, not left to time out"
+
+
+def test_sweep_stops_at_its_time_budget_and_the_next_one_goes_on(reactor_thread, redis_server):
+    """No time at all: one batch per sweep, so that Redis is never held for long."""
+    ttl = 0.2
+    store = StoreUnderTest(reactor_thread, redis_server, ttl=ttl, sweep_budget=0)
+    try:
+        stamps = store.publish(*(item(f"short-lived-{i}", i) for i in range(2500)))
+        store.wait_past(stamps[-1] + int(ttl * 1_000_000))
+        for left in (1500, 500, 0):
+            store.sweep()
+            assert store.channels_held() == left
+    finally:
+        store.call(store.store.stop)

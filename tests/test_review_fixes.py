@@ -7,8 +7,8 @@ from io import BytesIO
 
 import pytest
 from autobahn.twisted.websocket import WebSocketClientFactory
-from twisted.internet.protocol import Protocol
 from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Protocol
 from twisted.test.iosim import FakeTransport, connectedServerAndClient
 from twisted.web.server import NOT_DONE_YET
 
@@ -363,3 +363,15 @@ def test_trusted_proxy_clients_are_counted_and_logged_by_their_own_address():
     assert answers == [101, 101, 503]
     assert dict(admission.by_ip) == {"198.51.100.1": 1, "198.51.100.2": 1}
     assert admission.by_transport["websocket"] == 2
+
+
+def test_autobahns_own_queued_writes_work_on_our_connections():
+    """Our protocol once defined ``_send``, Autobahn's queued-write method:
+    ``sendMessage(sync=True)`` raised TypeError."""
+    hub, clock, admission, site = setup()
+    client, pump = ws_connect(site, clock)
+    pump.serverIO.protocol.sendMessage(b'{"type":"hello"}', sync=True)
+    pump.flush()
+    clock.advance(0)
+    pump.flush()
+    assert client.received == [{"type": "hello"}]

@@ -135,6 +135,7 @@ class MemoryHistory:
     ``sweep_interval`` seconds, never by a timer per update.  A channel whose
     history has all expired is forgotten, its horizon folded into one shared
     horizon so that no ``since`` before it is ever answered with a partial replay.
+    Only watched channels are delivered, as with Redis: the stores keep one contract.
     """
 
     def __init__(
@@ -146,6 +147,7 @@ class MemoryHistory:
         self.positions = Positions(clock)
         self._channels: dict[str, _ChannelHistory] = {}
         self._forgotten_horizon = self.positions.now()
+        self._watched: set[str] = set()
         self._on_update: Callable[[Update], None] = lambda update: None
         self._sweeper = LoopingCall(self.sweep)
         self._sweeper.clock = clock
@@ -197,13 +199,16 @@ class MemoryHistory:
         cutoff = self._cutoff()
         for history in touched.values():
             self._trim(history, cutoff, self.size)
+        watched = self._watched
         for update in updates:
-            self._on_update(update)
+            if update.channel in watched:  # checked per update: on_update may unwatch
+                self._on_update(update)
         return succeed([update.ts for update in updates])
 
     def replay(self, channel: str, since: int | None) -> Deferred:
         now = self.positions.now()
         history = self._channels.get(channel)
+        entries: Sequence[Update]
         if history is None:
             horizon, entries = self._forgotten_horizon, ()
         else:
@@ -219,10 +224,10 @@ class MemoryHistory:
         return succeed(self.positions.now())
 
     def watch(self, channel: str) -> None:
-        """Every update is delivered in this process already."""
+        self._watched.add(channel)
 
     def unwatch(self, channel: str) -> None:
-        """Every update is delivered in this process already."""
+        self._watched.discard(channel)
 
     def healthy(self) -> bool:
         return True

@@ -121,7 +121,7 @@ return fmt(now)
 _SWEEP = (
     _PRELUDE
     + """
-local gone = redis.call('ZRANGEBYSCORE', p .. 'active', '-inf', fmt(cutoff), 'LIMIT', 0, 1000)
+local gone = redis.call('ZRANGEBYSCORE', p .. 'active', '-inf', fmt(cutoff), 'LIMIT', 0, ARGV[4])
 local forgotten = tonumber(redis.call('GET', p .. 'forgotten') or '0')
 for _, c in ipairs(gone) do
   trim(c)
@@ -135,6 +135,10 @@ redis.call('SET', p .. 'forgotten', fmt(forgotten))
 return #gone
 """
 )
+
+
+_SWEEP_BATCH = 1000
+"""Channels one sweep script forgets at most: Redis serves no other client while it runs."""
 
 
 def _parse_entry(channel: str, entry: str) -> Update:
@@ -191,6 +195,7 @@ class RedisHistory:
         password: str | None = None,
         sweep_interval: float = 60,
         timeout: float = 5,
+        sweep_budget: float = 1,
     ) -> None:
         self._reactor = reactor
         self._args = [f"twistedpush:{dbid}:", str(size), str(int(ttl * 1_000_000))]
@@ -199,12 +204,13 @@ class RedisHistory:
         self._sweeper = LoopingCall(self.sweep)
         self._sweeper.clock = reactor
         self._sweep_interval = sweep_interval
+        self._sweep_budget = sweep_budget
         self._on_update: Callable[[Update], None] = lambda update: None
         self._on_resync: Callable[[str], None] = lambda channel: None
         self._commands: Any = None
         self._listener_factory: _ListenerFactory | None = None
         self._listener: _Listener | None = None
-        self._watched: dict[str, Deferred | None] = {}
+        self._watched: dict[str, list[Deferred] | bool | None] = {}
         self._pubsub_prefix = self._args[0] + "u:"
 
     # Lifecycle
@@ -283,8 +289,21 @@ class RedisHistory:
         return self._run(_NOW).addCallback(int)
 
     def sweep(self) -> Deferred:
-        """Forget channels whose whole history expired (one Redis script)."""
-        return self._run(_SWEEP).addErrback(lambda failure: None)
+        """Forget channels whose whole history expired, every one of them: one batch per
+        script, so that Redis serves other clients in between, repeated while batches
+        come back full, for ``sweep_budget`` seconds at most (the rest waits for the
+        next sweep)."""
+        deadline = self._reactor.seconds() + self._sweep_budget
+
+        def batch() -> Deferred:
+            return self._run(_SWEEP, str(_SWEEP_BATCH)).addCallback(swept)
+
+        def swept(count: int) -> Deferred | None:
+            if int(count) == _SWEEP_BATCH and self._reactor.seconds() < deadline:
+                return batch()
+            return None
+
+        return batch().addErrback(lambda failure: None)
 
     # Pub/sub: ``_watched[channel]`` is True once subscribed, a list of waiting
     # Deferreds while the subscription is on its way, None while disconnected.
@@ -302,7 +321,9 @@ class RedisHistory:
             self._listener.unsubscribe(self._pubsub_prefix + channel)
 
     def _when_subscribed(self, channel: str) -> Deferred:
-        state = self._watched.get(channel)
+        if channel not in self._watched:
+            return succeed(None)  # nothing to deliver: history alone answers
+        state = self._watched[channel]
         if state is True:
             return succeed(None)
         if isinstance(state, list):
@@ -351,7 +372,11 @@ class RedisHistory:
                 waiter.errback(error)
 
     def received(self, redis_channel: str, entry: str) -> None:
-        self._on_update(_parse_entry(redis_channel.removeprefix(self._pubsub_prefix), entry))
+        """Deliver an update of a watched channel; messages still in flight when the
+        channel was unwatched (Redis has not read the UNSUBSCRIBE yet) are dropped."""
+        channel = redis_channel.removeprefix(self._pubsub_prefix)
+        if channel in self._watched:
+            self._on_update(_parse_entry(channel, entry))
 
     def listener_up(self, listener: _Listener) -> None:
         """(Re)subscribe every watched channel; after a loss, have each one resynced."""

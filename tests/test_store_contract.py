@@ -1,0 +1,330 @@
+"""The history store contract: one set of tests, run against every store.
+
+Each test runs on ``MemoryHistory`` and on ``RedisHistory`` (a real redis-server of
+its own, from the ``redis_server`` fixture), so a store that keeps its own rules
+(Redis's are Lua scripts) fails here under the rule's name.
+
+Both stores run on the real global reactor, in a thread of its own for the whole
+session (``reactor_thread`` in conftest.py): the test calls into it and waits for
+each answer with a bound, so a store that never answers fails in seconds, not a hang.
+Where a rule is about time (TTL), both stores use their real clock (Redis's cannot
+be faked): a tiny ttl, and the test polls the store's own ``now()`` until it has
+passed, within a deadline; no fixed sleep decides anything. Live deliveries through
+pub/sub are awaited the same way, and "nothing else was delivered" is checked after
+a later delivery that the store must make after it (Redis sends a connection's
+messages in order), never after a pause.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from itertools import pairwise
+from typing import Any
+
+import pytest
+from twisted.internet.defer import gatherResults
+from zope.interface.verify import verifyObject
+
+from tests.conftest import ReactorThread, RedisServer
+from twistedpush.history import IHistoryStore, MemoryHistory, Replay, Update
+from twistedpush.redis_history import RedisHistory
+
+pytestmark = pytest.mark.integration
+
+PREFIX = "twistedpush:0:"
+
+
+def microseconds() -> int:
+    return int(time.time() * 1_000_000)
+
+
+class StoreUnderTest:
+    """One started store on the reactor thread, and what it handed to ``on_update``."""
+
+    def __init__(self, reactor: ReactorThread, redis: RedisServer | None, **options: Any) -> None:
+        self.reactor = reactor
+        self.kind = "memory" if redis is None else "redis"
+        self.redis = redis
+        self.delivered: list[Update] = []
+        self.on_delivery: Callable[[Update], None] = lambda update: None
+        options.setdefault("sweep_interval", 3600)  # sweeps here are the test's own calls
+        if redis is None:
+            self.store: Any = MemoryHistory(reactor.reactor, **options)
+        else:
+            # However slow this machine is today, a sweep ends because it is done, not
+            # because its budget ran out (test_redis.py tests the budget).
+            options.setdefault("sweep_budget", 60)
+            self.store = RedisHistory(reactor.reactor, port=redis.port, **options)
+        self.call(self.store.start, self._deliver)
+        self.wait_until(lambda: self.call(self.store.healthy), "the store to be healthy")
+
+    def _deliver(self, update: Update) -> None:
+        self.delivered.append(update)
+        self.on_delivery(update)
+
+    def call(self, function: Callable[..., Any], *args: Any) -> Any:
+        return self.reactor.call(function, *args)
+
+    def publish(self, *items: tuple[str, str | None, str]) -> list[int]:
+        return self.call(self.store.publish, list(items))
+
+    def publish_each(self, *items: tuple[str, str | None, str]) -> list[int]:
+        """Each item on its own, all asked for in one reactor turn (pipelined to Redis)."""
+        answers = self.call(lambda: gatherResults([self.store.publish([i]) for i in items]))
+        return [ts for (ts,) in answers]
+
+    def replay(self, channel: str, since: int | None) -> Replay:
+        return self.call(self.store.replay, channel, since)
+
+    def now(self) -> int:
+        return self.call(self.store.now)
+
+    def watch(self, *channels: str) -> None:
+        """Watch, and return once each channel's updates are being delivered (a replay
+        waits for that)."""
+        for channel in channels:
+            self.call(self.store.watch, channel)
+            self.replay(channel, None)
+
+    def sweep(self) -> None:
+        self.call(self.store.sweep)
+
+    def channels_held(self) -> int:
+        """Channels the store still holds anything of (Redis: counted in Redis itself)."""
+        if self.redis is None:
+            return self.call(self.store.stats)["history_channels"]
+        keys = self.redis.command("KEYS", PREFIX + "[hz]:*")
+        active = self.redis.command("ZRANGE", PREFIX + "active", "0", "-1")
+        return len({key[len(PREFIX) + 2 :] for key in keys} | set(active))
+
+    def wait_until(self, predicate: Callable[[], bool], what: str, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            time.sleep(0.01)
+
+    def wait_past(self, position: int) -> None:
+        """Until the store's own clock is past ``position``."""
+        self.wait_until(lambda: self.now() > position, f"the store's clock to pass {position}")
+
+    def wait_delivered(self, count: int) -> list[Update]:
+        self.wait_until(lambda: len(self.delivered) >= count, f"{count} deliveries")
+        return list(self.delivered)
+
+
+@pytest.fixture(params=["memory", "redis"])
+def make_store(
+    request: pytest.FixtureRequest, reactor_thread: ReactorThread
+) -> Iterator[Callable[..., StoreUnderTest]]:
+    """``make_store(**options)``: a started store of the parameter's kind, stopped after."""
+    made: list[StoreUnderTest] = []
+    # Asked for here, not in make(): then Redis stops only after the stores have.
+    redis = request.getfixturevalue("redis_server") if request.param == "redis" else None
+
+    def make(**options: Any) -> StoreUnderTest:
+        store = StoreUnderTest(reactor_thread, redis, **options)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.call(store.store.stop)
+
+
+@pytest.fixture
+def store(make_store: Callable[..., StoreUnderTest]) -> StoreUnderTest:
+    return make_store()
+
+
+def item(channel: str, value: object, name: str | None = None) -> tuple[str, str | None, str]:
+    return (channel, name, json.dumps(value))
+
+
+def increasing(positions: Sequence[int]) -> bool:
+    return all(earlier < later for earlier, later in pairwise(positions))
+
+
+def test_provides_the_interface(store):
+    assert verifyObject(IHistoryStore, store.store)
+
+
+def test_publish_answers_strictly_increasing_positions_across_channels(store):
+    stamps = store.publish(item("a", 1))
+    stamps += store.publish(item("b", 2), item("a", 3), item("c", 4))
+    stamps += store.publish(item("c", 5))
+    stamps += store.publish_each(*(item(channel, i) for i, channel in enumerate("abcab")))
+    assert len(stamps) == 10 and increasing(stamps)
+
+
+def test_replay_after_since_gives_exactly_the_later_updates_in_order(store):
+    published = [
+        ("a", None, '{"n": 0}'),
+        ("b", "other", '{"n": 1}'),
+        ("a", "named", '{"text": "line\\nbreak", "é": [1, 2.5, null]}'),
+        ("a", None, '{\n  "raw": "newline in the JSON text"\n}'),
+        ("b", None, "2"),
+        ("a", "last", '"end"'),
+    ]
+    stamps = store.publish(*published[:3]) + store.publish(*published[3:])
+    expected = [
+        Update.create(channel, ts, name, data)
+        for (channel, name, data), ts in zip(published, stamps, strict=True)
+    ]
+    start = stamps[0] - 1  # after the store began: a full replay, no reset
+    for since in [start, *stamps]:
+        replay = store.replay("a", since)
+        assert not replay.reset
+        assert list(replay.updates) == [u for u in expected if u.channel == "a" and u.ts > since]
+        assert replay.now >= stamps[-1]
+
+
+def test_replay_of_an_unwatched_channel_reads_history(store):
+    (ts,) = store.publish(item("never-watched", "x"))
+    replay = store.replay("never-watched", ts - 1)
+    assert [u.data for u in replay.updates] == ['"x"'] and not replay.reset
+
+
+def test_since_none_gives_no_updates_and_now(store):
+    stamps = store.publish(item("a", 1), item("a", 2))
+    asked = microseconds()
+    replay = store.replay("a", None)
+    assert list(replay.updates) == [] and not replay.reset
+    assert replay.now >= max(stamps[-1], asked)  # the moment of asking, not of the last update
+    assert store.publish(item("a", 3))[0] > replay.now
+
+
+def test_now_is_at_or_above_every_stored_position_and_below_every_later_one(store):
+    stored = store.publish(item("a", 1), item("b", 2))
+    now = store.now()
+    assert now >= max(stored)
+    assert store.now() >= now
+    later = store.publish(item("c", 3)) + store.publish(item("a", 4), item("b", 5))
+    assert min(later) > now
+    assert store.replay("c", now).updates[0].ts == later[0]
+
+
+def test_size_bound_moves_the_horizon_and_an_older_since_resets(make_store):
+    store = make_store(size=3)
+    stamps = store.publish(*(item("c", i) for i in range(5)))
+    kept = store.replay("c", stamps[1])  # since the newest dropped update: nothing missing
+    assert [u.data for u in kept.updates] == ["2", "3", "4"] and not kept.reset
+    for older in (stamps[1] - 1, stamps[0], stamps[0] - 1):
+        replay = store.replay("c", older)
+        assert replay.reset and list(replay.updates) == [], older
+    assert not store.replay("other", stamps[0] - 1).reset  # a horizon per channel
+
+
+def test_ttl_moves_the_horizon_and_an_older_since_resets(make_store):
+    ttl = 0.2
+    store = make_store(ttl=ttl)
+    old = store.publish(item("c", "oldest"), item("c", "newest dropped"))
+    store.wait_past(old[-1] + int(ttl * 1_000_000))
+    # (Nothing newer is published: with so short a ttl it could expire under a slow test.)
+    kept = store.replay("c", old[-1])
+    assert list(kept.updates) == [] and not kept.reset
+    for older in (old[0], old[-1] - 1, old[0] - 1):
+        replay = store.replay("c", older)
+        assert replay.reset and list(replay.updates) == [], older
+
+
+def test_a_fresh_store_resets_a_since_from_before_it_started(make_store):
+    before = microseconds()
+    store = make_store()
+    first = store.now()
+    assert store.replay("c", before - 1).reset
+    assert not store.replay("c", first).reset
+    (ts,) = store.publish(item("c", 1))
+    assert store.replay("c", before - 1).reset  # a channel's history starts at the store's
+    assert [u.ts for u in store.replay("c", first).updates] == [ts]
+
+
+def test_sweep_forgets_every_expired_channel_in_one_call(make_store):
+    ttl = 0.2
+    store = make_store(ttl=ttl)
+    expired = [f"short-lived-{i}" for i in range(3000)]
+    stamps = store.publish(*(item(channel, i) for i, channel in enumerate(expired)))
+    assert store.channels_held() == 3000
+    store.wait_past(stamps[-1] + int(ttl * 1_000_000))
+    store.sweep()
+    assert store.channels_held() == 0
+    # Forgotten, but not their horizon: a since before it still gets a reset.
+    assert store.replay(expired[0], stamps[-1] - 1).reset
+    assert store.replay("never-used", stamps[-1] - 1).reset
+    assert not store.replay(expired[0], stamps[-1]).reset
+
+
+def test_sweep_keeps_channels_with_updates_younger_than_the_ttl(store):
+    stamps = store.publish(*(item(f"alive-{i}", i) for i in range(3)))
+    store.sweep()
+    assert store.channels_held() == 3
+    assert [u.ts for u in store.replay("alive-2", stamps[0]).updates] == [stamps[2]]
+
+
+def test_watched_channels_are_delivered_live_in_ts_order(store):
+    store.watch("a", "b")
+    published = [item("a", 0), item("unwatched", 1), item("b", 2, "two"), item("a", 3)]
+    published += [item("b", 4), item("unwatched", 5), item("a", 6)]
+    stamps = store.publish(*published[:2]) + store.publish(*published[2:4])
+    stamps += store.publish_each(*published[4:])
+    expected = [
+        Update.create(channel, ts, name, data)
+        for (channel, name, data), ts in zip(published, stamps, strict=True)
+        if channel != "unwatched"
+    ]
+    got = store.wait_delivered(len(expected))
+    assert got == expected and increasing([u.ts for u in got])
+
+
+def test_unwatch_stops_delivery(store):
+    store.watch("a", "b")
+    store.call(store.store.unwatch, "a")
+    store.watch("barrier")  # confirmed after the unwatch was (one connection, in order)
+    store.publish(item("a", "after unwatch"))
+    (last,) = store.publish(item("b", "marker"))
+    got = store.wait_delivered(1)
+    assert [(u.channel, u.ts) for u in got] == [("b", last)]
+
+
+def test_unwatch_stops_delivery_at_once_even_of_updates_in_flight(store):
+    store.watch("a", "b")
+
+    def unwatch_on_first(update: Update) -> None:
+        if update.channel == "a":
+            store.store.unwatch("a")
+
+    store.on_delivery = unwatch_on_first
+    stamps = store.publish(item("a", 1), item("a", 2), item("a", 3))
+    (marker,) = store.publish(item("b", "marker"))
+    got = store.wait_delivered(2)
+    assert [(u.channel, u.ts) for u in got] == [("a", stamps[0]), ("b", marker)]
+
+
+def test_a_batch_is_stored_all_at_once(store):
+    """What one reactor turn asks for reaches the store in order: a replay before the
+    batch sees none of it, one after sees all, and nothing lands between its updates."""
+    since = store.now()
+    batch = [item("a", 1), item("b", 2), item("a", 3), item("b", 4)]
+    before, stamps, single, after = store.call(
+        lambda: gatherResults(
+            [
+                store.store.replay("a", since),
+                store.store.publish(batch),
+                store.store.publish([item("a", 5)]),
+                store.store.replay("a", since),
+            ]
+        )
+    )
+    assert list(before.updates) == []
+    assert increasing([*stamps, *single])
+    assert [u.ts for u in after.updates] == [stamps[0], stamps[2], single[0]]
+
+
+def test_healthy_and_stats(store):
+    assert store.call(store.store.healthy) is True
+    store.publish(item("a", 1))
+    stats = store.call(store.store.stats)
+    assert stats["store"] == store.kind
+    json.dumps(stats)  # /health serves it as it is
