@@ -34,6 +34,45 @@ def _error(message: str, hint: str, id: str) -> checks.Error:
     return checks.Error(message, hint=hint, id=f"django_adapter.{id}")
 
 
+def _check_server_options() -> list[checks.CheckMessage]:
+    """The settings runserverpush passes on as options, checked as the server
+    would (where it would stop with a usage error)."""
+    from twistedpush.tap import parse_network
+
+    errors = []
+    key = settings.PUBLISHER_KEY
+    if key is not None and (not isinstance(key, str) or not key):
+        errors.append(
+            _error(
+                f"SERVERPUSH_PUBLISHER_KEY must be a non-empty string or None, got {key!r}.",
+                "Use a long random string, the same for Django and the push server.",
+                "E011",
+            )
+        )
+    proxies = settings.TRUSTED_PROXIES
+    hint = "A list of addresses or CIDRs, e.g. ['10.0.0.0/8']."
+    if not isinstance(proxies, list | tuple):
+        errors.append(
+            _error(f"SERVERPUSH_TRUSTED_PROXIES must be a list, got {proxies!r}.", hint, "E012")
+        )
+    else:
+        for proxy in proxies:
+            try:
+                parse_network(proxy)
+            except ValueError as e:
+                errors.append(_error(f"SERVERPUSH_TRUSTED_PROXIES: {e}", hint, "E012"))
+    origins = settings.ALLOWED_ORIGINS
+    if not isinstance(origins, list | tuple) or not all(isinstance(o, str) for o in origins):
+        errors.append(
+            _error(
+                f"SERVERPUSH_ALLOWED_ORIGINS must be a list of globs, got {origins!r}.",
+                "For example ['https://*.example.com'].",
+                "E013",
+            )
+        )
+    return errors
+
+
 @checks.register()
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     errors: list[checks.CheckMessage] = []
@@ -146,6 +185,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             parse_redis_url(settings.REDIS_URL)
         except ValueError as e:
             errors.append(_error(f"SERVERPUSH_REDIS_URL: {e}", "redis://host:port/db", "E008"))
+    errors += _check_server_options()
     for alias, database in getattr(django_settings, "DATABASES", {}).items():
         if database.get("ATOMIC_REQUESTS"):
             errors.append(

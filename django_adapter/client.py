@@ -26,11 +26,13 @@ def get_client() -> PushClient:
         int(settings.NOTIFIER_PORT),
         float(settings.TIMEOUT),
         float(settings.SPIN),
+        settings.publisher_key,
     )
-    if client is None or (client.host, client.port, client.timeout, client.spin) != target:
-        if client is not None:
-            client.close()
-        client = _local.client = PushClient(*target)
+    if client is not None:
+        if (client.host, client.port, client.timeout, client.spin, client.key) == target:
+            return client
+        client.close()
+    client = _local.client = PushClient(*target)
     return client
 
 

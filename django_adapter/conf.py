@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 from typing import Any
 
 from django.conf import settings as django_settings
@@ -29,6 +30,9 @@ DEFAULTS: dict[str, Any] = {
     "TIMEOUT": 5.0,
     "SPIN": 0.0002,
     "TOKEN_TTL": 24 * 3600,
+    "PUBLISHER_KEY": None,
+    "TRUSTED_PROXIES": [],
+    "ALLOWED_ORIGINS": [],
 }
 
 
@@ -55,6 +59,13 @@ class Settings:
             return str(self.SECRET)
         key = str(django_settings.SECRET_KEY).encode()
         return hmac.new(key, b"twistedpush.secret", hashlib.sha256).hexdigest()
+
+    @property
+    def publisher_key(self) -> str | None:
+        """The notifier's publisher key: SERVERPUSH_PUBLISHER_KEY from Django's
+        settings, else from the environment, as ``twistd serverpush`` reads it,
+        so that a key given to both processes' environment works on both sides."""
+        return self.PUBLISHER_KEY or os.environ.get("SERVERPUSH_PUBLISHER_KEY") or None
 
 
 settings = Settings()

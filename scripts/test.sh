@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install everything the tests need and run every test: lint, the browser
+# Install everything the tests need and run every test: lint, types, the browser
 # client's Node tests, unit, integration, browser, then a smoke run of the
 # benchmarks (tiny sizes, every peer) so that bench/ keeps working. Usage: bash scripts/test.sh [pytest args...]
 # (with pytest args, only pytest runs, with them).
@@ -20,6 +20,9 @@ echo "== installing twistedpush and test tools into .venv (developer install)"
 echo "== ruff"
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
+
+echo "== mypy (twistedpush/, django_adapter/; settings in pyproject.toml)"
+"$VENV/bin/mypy"
 
 if [ "$#" -eq 0 ]; then
   # The browser client's unit tests: Node's own runner, no npm packages, no browser.

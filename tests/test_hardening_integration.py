@@ -169,6 +169,28 @@ def http_exchange(port: int, request: bytes, timeout: float = 5) -> bytes:
         return answer
 
 
+def test_slowloris_sockets_are_counted_and_cut_off_at_the_request_deadline(push_server):
+    server = push_server(
+        "--public", "*", "--max-connections", "10", "--request-timeout", "2"
+    )  # fmt: skip
+    slow = []
+    for _ in range(10):
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        slow.append(sock)
+    # All ten slots are taken by sockets still sending headers: the next ones (accepted
+    # after them, from the same listen queue) are refused as they are accepted.
+    refused = [http_exchange(server.port, b"") for _ in range(3)]
+    assert all(answer.startswith(b"HTTP/1.1 503") for answer in refused), refused
+    assert all(b'"limit"' in answer for answer in refused)
+    for sock in slow:
+        sock.settimeout(10)
+        answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        sock.close()
+    server.wait_for(lambda h: h["connections"]["http"] == 1, "the cut-off sockets' release")
+
+
 def test_declared_oversize_body_is_refused_at_once_and_root_names_endpoints(push_server):
     server = push_server("--public", "*")
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:

@@ -166,11 +166,11 @@ def test_missing_or_malformed_arguments_get_contract_codes(wired, box, code):
     assert answers[0][b"_error_description"]
 
 
-def _connected():
+def _connected(key=None):
     from twisted.internet.testing import StringTransport
 
     hub = make_hub()
-    protocol = NotifierProtocol(hub)
+    protocol = NotifierProtocol(hub, key)
     transport = StringTransport()
     protocol.makeConnection(transport)
     return hub, protocol, transport
@@ -210,8 +210,7 @@ def test_a_box_bigger_than_any_update_closes_the_connection():
     while not transport.disconnecting and sent <= MAX_BOX + len(pair):
         protocol.dataReceived(pair)
         sent += len(pair)
-    assert transport.disconnecting and sent > MAX_BOX
-    assert len(protocol._reader._buffer) <= MAX_BOX + len(pair)
+    assert transport.disconnecting and MAX_BOX < sent <= MAX_BOX + len(pair)
 
 
 def test_unknown_commands_still_get_amps_answer(wired):
@@ -224,3 +223,153 @@ def test_unknown_commands_still_get_amps_answer(wired):
     client.callRemote(Nope).addErrback(out.append)
     pump.flush()
     assert out[0].check(amp.UnhandledCommand)
+
+
+def test_deeply_nested_data_is_bad_data_not_unknown(wired):
+    hub, client, pump = wired
+    data = b"[" * 1000 + b"]" * 1000
+    answer = raw(pump, client, SendUpdate, channel="room", data=data)
+    assert answer[b"_error_code"] == b"BAD_DATA"
+    assert hub.store.stats()["history_updates"] == 0
+    assert int(raw(pump, client, SendUpdate, channel="room", data=b"1")[b"ts"]) > 0
+
+
+# Stray answers
+
+
+@pytest.mark.parametrize(
+    "stray",
+    [
+        {b"_answer": b"1", b"ts": b"5"},
+        {b"_error": b"1", b"_error_code": b"UNKNOWN", b"_error_description": b"?"},
+    ],
+)
+def test_a_stray_answer_is_ignored_and_the_connection_stays_usable(stray):
+    from twisted.logger import capturedLogs
+
+    from twistedpush.commands import pack_box, parse_boxes
+
+    hub, protocol, transport = _connected()
+    ask = amp.AmpBox(_command=b"CurrentTimestamp", _ask=b"2").serialize()
+    with capturedLogs() as events:
+        protocol.dataReceived(pack_box(stray.items()) + ask)
+    [answer] = parse_boxes(transport.value())
+    assert answer[b"_answer"] == b"2" and int(answer[b"ts"]) > 0
+    assert not transport.disconnecting
+    assert [e["log_level"].name for e in events] == ["warn"]
+
+
+# Publisher key
+
+
+def _ask(protocol, transport, **box):
+    """Send one box (``_ask`` 1 unless given); the boxes answered."""
+    from twistedpush.commands import parse_boxes
+
+    transport.clear()
+    box.setdefault("_ask", b"1")
+    protocol.dataReceived(amp.AmpBox(**box).serialize())
+    return parse_boxes(transport.value())
+
+
+def _send_update(**extra):
+    return {"_command": b"SendUpdate", "channel": b"room", "data": b"1", **extra}
+
+
+@pytest.mark.parametrize(
+    "box",
+    [
+        _send_update(),
+        {"_command": b"SendUpdates", "updates": b""},
+        {"_command": b"CurrentTimestamp"},
+        {"_command": b"Nope"},
+    ],
+)
+def test_with_a_key_every_command_before_authenticate_is_unauthorized(box):
+    hub, protocol, transport = _connected(key="sesame")
+    [answer] = _ask(protocol, transport, **box)
+    assert answer[b"_error"] == b"1" and answer[b"_error_code"] == b"UNAUTHORIZED"
+    assert b"Authenticate" in answer[b"_error_description"]
+    assert not transport.disconnecting
+    assert hub.store.stats()["history_updates"] == 0
+    assert _ask(protocol, transport, _command=b"Authenticate", key=b"sesame") == [
+        {b"_answer": b"1"}
+    ]
+    [answer] = _ask(protocol, transport, **_send_update())
+    assert int(answer[b"ts"]) > 0 and hub.store.stats()["history_updates"] == 1
+
+
+def test_a_command_without_ask_before_authenticate_is_dropped():
+    hub, protocol, transport = _connected(key="sesame")
+    protocol.dataReceived(amp.AmpBox(**_send_update()).serialize())  # no _ask
+    assert transport.value() == b"" and not transport.disconnecting
+    assert hub.store.stats()["history_updates"] == 0
+
+
+def test_a_wrong_key_is_unauthorized_and_closes_the_connection():
+    """One guess per connection: boxes after a wrong key, a right key among them,
+    are not acted on."""
+    hub, protocol, transport = _connected(key="sesame")
+    wrong = amp.AmpBox(_command=b"Authenticate", _ask=b"1", key=b"open up").serialize()
+    right = amp.AmpBox(_command=b"Authenticate", _ask=b"2", key=b"sesame").serialize()
+    update = amp.AmpBox(**_send_update(_ask=b"3")).serialize()
+    protocol.dataReceived(wrong + right + update)
+    from twistedpush.commands import parse_boxes
+
+    [answer] = parse_boxes(transport.value())
+    assert answer[b"_error"] == b"1" and answer[b"_error_code"] == b"UNAUTHORIZED"
+    assert transport.disconnecting
+    assert hub.store.stats()["history_updates"] == 0
+
+
+@pytest.mark.parametrize("key", [None, b"sesame2", b"", b"sesam"])
+def test_a_missing_or_wrong_key_is_unauthorized(key):
+    hub, protocol, transport = _connected(key="sesame")
+    box = {"_command": b"Authenticate"} | ({} if key is None else {"key": key})
+    [answer] = _ask(protocol, transport, **box)
+    assert answer[b"_error_code"] == b"UNAUTHORIZED" and transport.disconnecting
+
+
+def test_keys_are_compared_in_constant_time(monkeypatch):
+    import hmac
+
+    from twistedpush import notifier
+
+    compared = []
+    real = hmac.compare_digest
+
+    def compare_digest(a, b):
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(notifier.hmac, "compare_digest", compare_digest)
+    hub, protocol, transport = _connected(key="clé")
+    assert _ask(protocol, transport, _command=b"Authenticate", key="clé".encode()) == [
+        {b"_answer": b"1"}
+    ]
+    assert compared == [("clé".encode(), "clé".encode())]
+
+
+def test_without_a_key_authenticate_with_any_key_succeeds():
+    hub, protocol, transport = _connected()
+    [answer] = _ask(protocol, transport, **_send_update())
+    assert int(answer[b"ts"]) > 0
+    assert _ask(protocol, transport, _command=b"Authenticate", key=b"whatever") == [
+        {b"_answer": b"1"}
+    ]
+    assert int(_ask(protocol, transport, **_send_update())[0][b"ts"]) > 0
+
+
+def test_twisted_amp_clients_see_unauthorized_as_an_exception():
+    from twistedpush.commands import Authenticate
+    from twistedpush.errors import Unauthorized
+
+    hub = make_hub()
+    client, server, pump = connectedServerAndClient(
+        lambda: NotifierProtocol(hub, "sesame"), lambda: amp.AMP()
+    )
+    assert call(pump, client, CurrentTimestamp).check(Unauthorized)
+    assert call(pump, client, Authenticate, key="sesame") == {}
+    assert call(pump, client, SendUpdate, channel="room", data=b"1")["ts"] > 0
+    assert call(pump, client, Authenticate, key="nope").check(Unauthorized)
+    assert pump.serverIO.disconnected and server.transport is None  # connection lost

@@ -8,7 +8,7 @@ from typing import Any
 
 from twisted.protocols import amp
 
-from twistedpush.errors import BadChannel, BadData, PushError, TooLarge, Unavailable
+from twistedpush.errors import BadChannel, BadData, TooLarge, Unauthorized, Unavailable
 
 CHUNK = 0xFFFF
 """AMP's limit on one value; longer data goes on in ``data.2``, ``data.3``, ..."""
@@ -62,12 +62,14 @@ class Text(amp.Unicode):
         return inString.decode("utf-8", "replace")
 
 
-PUBLISH_ERRORS: dict[type[PushError], bytes] = {
+PUBLISH_ERRORS: dict[type[Exception], bytes] = {
     BadChannel: b"BAD_CHANNEL",
     BadData: b"BAD_DATA",
     TooLarge: b"TOO_LARGE",
     Unavailable: b"UNAVAILABLE",
+    Unauthorized: b"UNAUTHORIZED",
 }
+"""Every error a publishing command can answer (UNAUTHORIZED: before ``Authenticate``)."""
 
 
 class _PublishCommand(amp.Command):
@@ -139,62 +141,100 @@ class BoxReader:
     """AMP boxes out of a byte stream, each as soon as it is complete.
 
     Twisted's AMP parses a box one string at a time through a state machine;
-    this reads every whole box of a chunk in one loop. A key over 255 bytes or a
-    box over ``max_box`` bytes sets ``error``, after which nothing more is read.
+    this reads every whole pair of a chunk in one loop. Parsing is incremental:
+    the pairs of an unfinished box are kept, and only the unfinished pair after
+    them is looked at again, once enough bytes have come to finish it, so a big
+    box arriving in many segments costs what it costs in one. A key over 255
+    bytes or a box over ``max_box`` bytes sets ``error``, after which nothing
+    more is read.
     """
 
     def __init__(self, max_box: int) -> None:
         self.max_box = max_box
         self.error: str | None = None
-        self._buffer = b""
+        self._box: dict[bytes, bytes] = {}
+        """The pairs read so far of the box not finished yet."""
+        self._box_size = 0
+        """Their size on the wire."""
+        self._pending: list[bytes] = []
+        """Bytes after those pairs, not parsed yet (at most the start of one pair)."""
+        self._pending_size = 0
+        self._needed = 0
+        """How many pending bytes that pair needs before parsing it again is of use."""
 
     def feed(self, data: bytes) -> list[dict[bytes, bytes]]:
         """The boxes that ``data`` completes, in order."""
         if self.error is not None:
             return []
-        buffer = self._buffer + data if self._buffer else data
-        boxes, used, self.error = _read_boxes(buffer)
-        self._buffer = buffer[used:]
-        if self.error is None and len(self._buffer) > self.max_box:
-            self.error = f"an AMP box is over {self.max_box} bytes"
+        if self._pending:
+            self._pending.append(data)
+            self._pending_size += len(data)
+            if self._pending_size < self._needed:
+                self._check_size()
+                return []
+            data = b"".join(self._pending)
+        boxes = self._read(data)
+        self._check_size()
         return boxes
 
+    def _read(self, data: bytes) -> list[dict[bytes, bytes]]:
+        """The boxes that ``data`` (the pending bytes) completes; keeps the rest."""
+        unpack = _LENGTH.unpack_from
+        boxes = []
+        box = self._box
+        size = self._box_size
+        counted = position = needed = 0
+        end = len(data)
+        while True:
+            if position + 2 > end:
+                needed = 2
+                break
+            (length,) = unpack(data, position)
+            if length == 0:
+                boxes.append(box)
+                box = {}
+                size = 0
+                position += 2
+                counted = position
+                continue
+            if length > MAX_KEY:
+                self.error = f"an AMP key is {length} bytes long; at most {MAX_KEY} are allowed"
+                break
+            value = position + length + 4
+            if value > end:
+                needed = value - position
+                break
+            (length,) = unpack(data, value - 2)
+            if value + length > end:
+                needed = value + length - position
+                break
+            box[data[position + 2 : value - 2]] = data[value : value + length]
+            position = value + length
+        self._box = box
+        self._box_size = size + position - counted
+        rest = data[position:]
+        self._pending = [rest] if rest else []
+        self._pending_size = len(rest)
+        self._needed = needed
+        return boxes
 
-def _read_boxes(data: bytes) -> tuple[list[dict[bytes, bytes]], int, str | None]:
-    """The whole boxes at the start of ``data``, where the rest begins, and what
-    is wrong with that rest, if anything (an unfinished box is not wrong)."""
-    unpack = _LENGTH.unpack_from
-    boxes = []
-    box: dict[bytes, bytes] = {}
-    start = position = 0
-    end = len(data)
-    while position + 2 <= end:
-        (size,) = unpack(data, position)
-        position += 2
-        if size == 0:
-            boxes.append(box)
-            box = {}
-            start = position
-            continue
-        if size > MAX_KEY:
-            return boxes, start, f"an AMP key is {size} bytes long; at most {MAX_KEY} are allowed"
-        value = position + size + 2
-        if value > end:
-            break
-        (size,) = unpack(data, value - 2)
-        if value + size > end:
-            break
-        box[data[position : value - 2]] = data[value : value + size]
-        position = value + size
-    return boxes, start, None
+    def _check_size(self) -> None:
+        if self.error is None and self._box_size + self._pending_size > self.max_box:
+            self.error = f"an AMP box is over {self.max_box} bytes"
+
+    @property
+    def idle(self) -> bool:
+        """True between boxes: nothing of an unfinished box has been read."""
+        return not self._box and not self._pending
 
 
 def parse_boxes(data: bytes) -> list[dict[bytes, bytes]]:
     """AMP wire bytes as boxes; ValueError unless they are whole boxes, end to end."""
-    boxes, used, error = _read_boxes(data)
-    if error is not None:
-        raise ValueError(error)
-    if used != len(data):
+    reader = BoxReader(len(data))
+    boxes = reader.feed(data)
+    if reader.error is not None:
+        raise ValueError(reader.error)
+    if not reader.idle:
         raise ValueError("the last AMP box is not finished")
     return boxes
 
@@ -268,6 +308,15 @@ class CurrentTimestamp(amp.Command):
     """The push side's current position, for pages to catch up from."""
 
     commandName = b"CurrentTimestamp"
-    arguments: list = []
     response = [(b"ts", amp.Integer())]
-    errors = {Unavailable: b"UNAVAILABLE"}
+    errors = {Unavailable: b"UNAVAILABLE", Unauthorized: b"UNAUTHORIZED"}
+
+
+class Authenticate(amp.Command):
+    """Present the publisher key. With ``--publisher-key`` set it must be a
+    connection's first command; a wrong key is answered UNAUTHORIZED and the
+    connection closed. Without one, any key is accepted."""
+
+    commandName = b"Authenticate"
+    arguments = [(b"key", amp.Unicode())]
+    errors = {Unauthorized: b"UNAUTHORIZED"}

@@ -39,3 +39,9 @@ class Unavailable(PushError):
     """The history store cannot be reached (for example Redis is down)."""
 
     code = "unavailable"
+
+
+class Unauthorized(PushError):
+    """A publisher without the notifier's publisher key (or with a wrong one)."""
+
+    code = "unauthorized"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +12,14 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from twistedpush.commands import BoxReader, CurrentTimestamp, SendUpdate, SendUpdates, pack_box
+from twistedpush.commands import (
+    Authenticate,
+    BoxReader,
+    CurrentTimestamp,
+    SendUpdate,
+    SendUpdates,
+    pack_box,
+)
 from twistedpush.hub import MAX_DATA, Hub
 from twistedpush.writes import write_now
 
@@ -35,24 +43,39 @@ def _as_ts(ts: Any) -> dict[str, Any]:
 
 
 class NotifierProtocol(amp.AMP):
-    """The three notifier commands, answered straight from ``ampBoxReceived``.
+    """The notifier commands, answered straight from ``ampBoxReceived``.
 
     Arguments, answers and error codes come from the command definitions in
     ``twistedpush.commands``, as with AMP's responders; this reads boxes in one
     loop, skips the generic locate-and-wrap dispatch per box and writes each
     answer at once, because a Django process waits for every answer before it
     sends the next update. Anything else goes to AMP's own dispatch.
+
+    With a publisher ``key``, the publishing commands are only looked up once
+    ``Authenticate`` has given it: until then every command is answered
+    UNAUTHORIZED, and a wrong key is answered so and ends the connection (one
+    guess per connection). The check costs nothing per box after that.
     """
 
-    def __init__(self, hub: Hub) -> None:
+    transport: Any  # a stream transport: its disconnecting flag is read
+
+    def __init__(self, hub: Hub, key: str | None = None) -> None:
         super().__init__()
         self.hub = hub
+        self._key = None if key is None else key.encode()
         self._reader = BoxReader(MAX_BOX)
-        self._handlers: dict[bytes, tuple[type[amp.Command], Callable[..., Deferred], Shape]] = {
+        self._commands: dict[bytes, tuple[type[amp.Command], Callable[..., Deferred], Shape]] = {
             SendUpdate.commandName: (SendUpdate, self.send_update, _one_ts),
             SendUpdates.commandName: (SendUpdates, self.send_updates, _as_ts),
             CurrentTimestamp.commandName: (CurrentTimestamp, self.hub.now, _as_ts),
         }
+        self._handlers = self._commands if key is None else {}
+        self._refused = False
+
+    @property
+    def authenticated(self) -> bool:
+        """True once this connection may publish (at once when no key is configured)."""
+        return self._handlers is self._commands
 
     def dataReceived(self, data: bytes) -> None:
         for box in self._reader.feed(data):
@@ -61,11 +84,11 @@ class NotifierProtocol(amp.AMP):
             log.warn("notifier connection closed: {error}", error=self._reader.error)
             self.transport.loseConnection()
 
-    def ampBoxReceived(self, box: amp.AmpBox) -> None:
-        handler = self._handlers.get(box.get(b"_command"))
+    def ampBoxReceived(self, box: dict[bytes, bytes]) -> None:
+        handler = self._handlers.get(box.get(b"_command", b""))
         ask = box.get(b"_ask")
         if handler is None or ask is None:
-            super().ampBoxReceived(box)
+            self._other_box(box, ask)
             return
         command, function, shape = handler
         try:
@@ -79,6 +102,41 @@ class NotifierProtocol(amp.AMP):
             errbackArgs=(command, ask),
         )
 
+    def _other_box(self, box: dict[bytes, bytes], ask: bytes | None) -> None:
+        """Boxes off the publishing path: answers (the notifier asks nothing, so
+        one is a publisher's mistake, not worth its connection), Authenticate,
+        commands before it, and what AMP itself answers (unknown commands)."""
+        if b"_answer" in box or b"_error" in box:
+            log.warn("notifier ignored an answer box: it asks publishers nothing")
+        elif box.get(b"_command") == Authenticate.commandName:
+            self._authenticate(box.get(b"key"), ask)
+        elif not self.authenticated:
+            if ask is not None:
+                self._send_error(ask, b"UNAUTHORIZED", b"send Authenticate with the publisher key")
+        else:
+            super().ampBoxReceived(amp.AmpBox(box))
+
+    def _authenticate(self, key: bytes | None, ask: bytes | None) -> None:
+        """Take the publisher key (any key when none is configured, so that
+        publishers configured with one work everywhere), compared in constant
+        time; after a wrong one, nothing more on this connection is acted on."""
+        if self._refused:
+            return
+        if self._key is None or (key is not None and hmac.compare_digest(key, self._key)):
+            self._handlers = self._commands
+            if ask is not None:
+                self._send(pack_box([(b"_answer", ask)]))
+            return
+        self._refused = True
+        self._handlers = {}
+        if ask is not None:
+            self._send_error(ask, b"UNAUTHORIZED", b"wrong publisher key")
+        log.warn(
+            "notifier connection from {peer} closed: wrong publisher key",
+            peer=self.transport.getPeer(),
+        )
+        self.transport.loseConnection()
+
     def _answer(self, result: Any, command: type[amp.Command], ask: bytes, shape: Shape) -> None:
         values = shape(result)
         pairs = [(b"_answer", ask)]
@@ -88,18 +146,24 @@ class NotifierProtocol(amp.AMP):
         self._send(pack_box(pairs))
 
     def _error(self, failure: Failure, command: type[amp.Command], ask: bytes) -> None:
-        if failure.check(amp.RemoteAmpError):
-            code, text = failure.value.errorCode, failure.value.description
-        elif known := failure.check(*command.allErrors):
-            code, text = command.allErrors[known], str(failure.value)
+        error = failure.value
+        known = [code for kind, code in command.errors.items() if isinstance(error, kind)]
+        if isinstance(error, amp.RemoteAmpError):
+            code, text = error.errorCode, error.description
+        elif known:
+            code, text = known[0], str(error)
         else:
             log.failure("{command} failed", failure, command=command.commandName)
             code, text = amp.UNKNOWN_ERROR_CODE, "Unknown Error"
         if isinstance(text, str):
             text = text.encode("utf-8", "replace")
-        text = text[:1024]
+        self._send_error(ask, code, text)
+
+    def _send_error(self, ask: bytes, code: bytes, text: bytes) -> None:
         self._send(
-            pack_box([(b"_error", ask), (b"_error_code", code), (b"_error_description", text)])
+            pack_box(
+                [(b"_error", ask), (b"_error_code", code), (b"_error_description", text[:1024])]
+            )
         )
 
     def _send(self, data: bytes) -> None:
@@ -114,8 +178,9 @@ class NotifierProtocol(amp.AMP):
 
 
 class NotifierFactory(Factory):
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, key: str | None = None) -> None:
         self.hub = hub
+        self.key = key
 
     def buildProtocol(self, addr: object) -> NotifierProtocol:
-        return NotifierProtocol(self.hub)
+        return NotifierProtocol(self.hub, self.key)

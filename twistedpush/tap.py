@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 import sys
+from importlib import metadata
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -11,10 +14,11 @@ from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorCore, IReactorTime
+from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
 
+import twistedpush
 from twistedpush.access import AccessPolicy
 from twistedpush.history import IHistoryStore, MemoryHistory
 from twistedpush.hub import Hub
@@ -45,6 +49,15 @@ def parse_redis_url(url: str) -> dict[str, Any]:
     }
 
 
+def parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An address or CIDR as a network (a bare address is a /32 or /128; host bits
+    past the prefix are ignored), or raise ValueError."""
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except (TypeError, ValueError):
+        raise ValueError(f"{text!r} is not an address or CIDR") from None
+
+
 def _number(options: usage.Options, key: str, kind: type[int] | type[float]) -> None:
     """Convert option ``key`` in place; it must be a positive, finite number."""
     try:
@@ -57,13 +70,21 @@ def _number(options: usage.Options, key: str, kind: type[int] | type[float]) -> 
     options[key] = value
 
 
+def package_version() -> str:
+    """The installed distribution's version, or ``__version__`` in a bare checkout."""
+    try:
+        return metadata.version("twistedpush")
+    except metadata.PackageNotFoundError:
+        return twistedpush.__version__
+
+
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Run a twistedpush push server: WebSocket and long-poll for browsers, AMP for publishers."
     )
 
-    optParameters = [
+    optParameters: list[list[Any]] = [
         ["port", None, "tcp:8013", "Public HTTP + WebSocket listener (strports)."],
         ["notifier", None, "tcp:8014:interface=127.0.0.1", "AMP notifier listener (strports)."],
         ["history-size", None, "100", "Updates kept per channel."],
@@ -77,12 +98,25 @@ class Options(usage.Options):
         ["max-polls", None, "5000", "Long-poll requests held at once."],
         ["max-pending-bytes", None, "1048576", "Unsent bytes before a slow client is dropped."],
         ["shutdown-timeout", None, "5", "Seconds to finish in-flight publications on SIGTERM."],
+        [
+            "publisher-key",
+            None,
+            None,
+            "Key publishers must present (default: environment SERVERPUSH_PUBLISHER_KEY).",
+        ],
+        ["request-timeout", None, "30", "Seconds a request's line, headers and body may take."],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["public"] = []
         self["allowed-origin"] = []
+        self["trusted-proxy"] = []
+
+    def opt_version(self) -> None:
+        """Print twistedpush's version and exit."""
+        print(f"twistedpush {package_version()}")
+        raise SystemExit(0)
 
     def opt_public(self, glob: str) -> None:
         """Channels matching this glob need no token (repeatable)."""
@@ -92,6 +126,13 @@ class Options(usage.Options):
         """Page origins allowed to connect, e.g. 'https://*.example.com' (repeatable;
         default: any)."""
         self["allowed-origin"].append(glob)
+
+    def opt_trusted_proxy(self, cidr: str) -> None:
+        """A proxy (address or CIDR) whose X-Forwarded-For names the client (repeatable)."""
+        try:
+            self["trusted-proxy"].append(parse_network(cidr))
+        except ValueError as e:
+            raise usage.UsageError(f"--trusted-proxy: {e}") from None
 
     def parseOptions(self, options: list[str] | None = None) -> None:
         """Parse, and on a bad option say so in one line and exit non-zero."""
@@ -116,6 +157,7 @@ class Options(usage.Options):
             _number(self, key, int)
         _number(self, "history-ttl", float)
         _number(self, "shutdown-timeout", float)
+        _number(self, "request-timeout", float)
         for key in ("port", "notifier"):
             try:
                 endpoints.serverFromString(reactor, self[key])
@@ -125,6 +167,9 @@ class Options(usage.Options):
                 ) from None
         if self["secret"] is None:
             self["secret"] = os.environ.get("SERVERPUSH_SECRET") or None
+        self["publisher-key"] = (
+            self["publisher-key"] or os.environ.get("SERVERPUSH_PUBLISHER_KEY") or None
+        )
         if self["redis"] is not None:
             try:
                 self["redis-args"] = parse_redis_url(self["redis"])
@@ -164,9 +209,80 @@ def make_store(options: Options, reactor: IReactorTime) -> IHistoryStore:
     return MemoryHistory(reactor, options["history-size"], options["history-ttl"])
 
 
-def makeService(options: Options, reactor: IReactorCore | None = None) -> service.MultiService:
-    if reactor is None:
-        from twisted.internet import reactor  # type: ignore[no-redef]
+def _tcp_address(endpoint: IStreamServerEndpoint) -> tuple[str, int] | None:
+    """The interface and port a TCP or TLS listener will bind, None for other kinds.
+
+    Twisted's endpoints offer no accessor; these attributes have been there
+    since endpoints exist.
+    """
+    kinds = (
+        endpoints.TCP4ServerEndpoint,
+        endpoints.TCP6ServerEndpoint,
+        endpoints.SSL4ServerEndpoint,
+    )
+    if isinstance(endpoint, kinds):
+        return endpoint._interface, endpoint._port
+    return None
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+class CannotBind(Exception):
+    """A listener's address is taken or not ours to bind; the message says which."""
+
+
+def check_ports(options: Options, reactor: IReactorTime) -> None:
+    """Raise CannotBind if the address of a TCP listener is taken.
+
+    Each is bound (not listened on) with a socket of our own, as Twisted binds
+    it, before anything listens: a listen that fails during start leaves the
+    other listener up for a moment and ends in a traceback.
+    """
+    for key in ("port", "notifier"):
+        address = _tcp_address(endpoints.serverFromString(reactor, options[key]))
+        if address is None or address[1] == 0:
+            continue
+        interface, port = address
+        with socket.socket(socket.AF_INET6 if ":" in interface else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as e:
+                raise CannotBind(
+                    f"--{key} {options[key]!r}: cannot listen on {interface or '*'}:{port}: "
+                    f"{e.strerror}"
+                ) from None
+
+
+class NodeService(service.MultiService):
+    """One node's services; ``hub`` is where runserverpush attaches Django's presence."""
+
+    def __init__(self, hub: Hub) -> None:
+        super().__init__()
+        self.hub = hub
+
+
+def makeService(options: Options) -> NodeService:
+    """twistd's entry point: the node on the global reactor, once its ports are
+    known to be free (else one line and exit status 1; twistd would print a
+    traceback after the other listener had started)."""
+    from twisted.internet import reactor
+
+    try:
+        check_ports(options, reactor)
+    except CannotBind as e:
+        sys.stderr.write(f"serverpush: error: {e}\n")
+        raise SystemExit(1) from None
+    return build_service(options, reactor)
+
+
+def build_service(options: Options, reactor: IReactorTime) -> NodeService:
+    """The node's service tree: the hub's store first, then both listeners."""
     hub = Hub(
         make_store(options, reactor),
         AccessPolicy(options["secret"], options["public"]),
@@ -180,15 +296,27 @@ def makeService(options: Options, reactor: IReactorCore | None = None) -> servic
             max_polls=options["max-polls"],
             max_pending_bytes=options["max-pending-bytes"],
             allowed_origins=tuple(options["allowed-origin"]),
+            trusted_proxies=tuple(options["trusted-proxy"]),
+            request_timeout=options["request-timeout"],
         )
     )
-    top = service.MultiService()
-    top.hub = hub  # type: ignore[attr-defined]  (runserverpush attaches Django's presence)
+    top = NodeService(hub)
     HubService(hub, options["shutdown-timeout"]).setServiceParent(top)
     site = make_site(hub, reactor, admission, options["max-message-size"])
-    for strport, factory in ((options["port"], site), (options["notifier"], NotifierFactory(hub))):
-        endpoint = endpoints.serverFromString(reactor, strport)
+    notifier = endpoints.serverFromString(reactor, options["notifier"])
+    for endpoint, factory in (
+        (endpoints.serverFromString(reactor, options["port"]), site),
+        (notifier, NotifierFactory(hub, options["publisher-key"])),
+    ):
         listener = StreamServerEndpointService(endpoint, factory)
         listener._raiseSynchronously = True
         listener.setServiceParent(top)
+    address = _tcp_address(notifier)
+    if options["publisher-key"] is None and address is not None and not _is_loopback(address[0]):
+        log.warn(
+            "the notifier listens on {interface} without --publisher-key: anyone who can "
+            "reach port {port} can publish; set a key or keep it on a loopback interface",
+            interface=address[0] or "every interface",
+            port=address[1],
+        )
     return top

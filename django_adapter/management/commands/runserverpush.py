@@ -9,7 +9,17 @@ from django.core.management.base import BaseCommand, CommandError
 
 from django_adapter.conf import settings
 from django_adapter.signals import DjangoPresence
-from twistedpush.tap import Options, makeService
+from twistedpush.tap import Options, build_service, check_ports
+
+REPEATABLE = {
+    "public": "PUBLIC",
+    "trusted-proxy": "TRUSTED_PROXIES",
+    "allowed-origin": "ALLOWED_ORIGINS",
+}
+"""Repeatable server options and the settings (lists) that give them."""
+
+FROM_SETTINGS_ONLY = ("secret", "publisher-key")
+"""Keys that must be the ones Django signs tokens and publishes with."""
 
 
 def server_arguments() -> list[str]:
@@ -26,10 +36,13 @@ def server_arguments() -> list[str]:
         "--secret",
         settings.secret,
     ]
-    for glob in settings.PUBLIC:
-        args += ["--public", glob]
+    for option, setting in REPEATABLE.items():
+        for value in getattr(settings, setting):
+            args += [f"--{option}", value]
     if settings.REDIS_URL:
         args += ["--redis", settings.REDIS_URL]
+    if settings.publisher_key:
+        args += ["--publisher-key", settings.publisher_key]
     return args
 
 
@@ -41,9 +54,11 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: Any) -> None:
         for name, _short, _default, doc in Options.optParameters:
-            if name != "secret":  # the key must be the one Django signs tokens with
+            if name not in FROM_SETTINGS_ONLY:
                 parser.add_argument(f"--{name}", dest=name, metavar=name.upper(), help=doc)
-        parser.add_argument("--public", action="append", default=[], help="Public channel glob.")
+        for option in REPEATABLE:
+            doc = getattr(Options, "opt_" + option.replace("-", "_")).__doc__
+            parser.add_argument(f"--{option}", dest=option, action="append", default=[], help=doc)
 
     def handle(self, *args: Any, **options: Any) -> None:
         from twisted.internet import reactor, threads
@@ -53,15 +68,17 @@ class Command(BaseCommand):
         for name, *_ in Options.optParameters:
             if options.get(name) is not None:
                 argv += [f"--{name}", str(options[name])]
-        for glob in options["public"]:
-            argv += ["--public", glob]
+        for option in REPEATABLE:
+            for value in options[option]:
+                argv += [f"--{option}", value]
         server_options = Options()
         server_options.parseOptions(argv)
-        service = makeService(server_options, reactor)
-        service.hub.presence.append(DjangoPresence(lambda *a: threads.deferToThread(*a)))
-        globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
         try:
-            service.startService()  # listens now: a taken port fails here, not later
+            check_ports(server_options, reactor)  # a taken port stops here, before listening
+            service = build_service(server_options, reactor)
+            service.hub.presence.append(DjangoPresence(lambda *a: threads.deferToThread(*a)))
+            globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
+            service.startService()  # listens now
         except Exception as e:
             raise CommandError(f"cannot start the push server: {e}") from None
         reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
