@@ -375,3 +375,17 @@ def test_autobahns_own_queued_writes_work_on_our_connections():
     clock.advance(0)
     pump.flush()
     assert client.received == [{"type": "hello"}]
+
+
+def test_the_access_log_names_the_client_behind_a_trusted_proxy():
+    from ipaddress import ip_network
+
+    hub, clock, admission, site = setup(trusted_proxies=(ip_network("192.168.0.0/16"),))
+    lines = []
+    site._logFile = type("Log", (), {"write": staticmethod(lines.append)})()
+    client, server, pump = raw_connect(site, clock, peer="192.168.1.1")
+    client.transport.write(
+        b"GET /health HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.7\r\n\r\n"
+    )
+    pump.flush()
+    assert lines and lines[0].startswith('"198.51.100.7"'), lines
