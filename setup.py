@@ -15,7 +15,9 @@ setup(
     package_dir={"twistedpush.static": "static/serverpush"},
     package_data={
         "twistedpush.static": ["*.js"],
-        "django_adapter": ["templates/*/*.html", "migrations/*.py"],
+        # static/serverpush/serverpush.js is a symlink to the checkout's static/serverpush/
+        # (one source): the developer install serves it from here, a wheel gets a copy.
+        "django_adapter": ["templates/*/*.html", "migrations/*.py", "static/serverpush/*.js"],
     },
     py_modules=["twisted.plugins.serverpush_plugin"],
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import inspect
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from demo import views
 
 from tests.conftest import ROOT, RedisServer, free_port
 
@@ -24,13 +26,15 @@ DEMO = ROOT / "demo_site"
 
 
 class DemoSite:
-    """The demo as the README runs it: migrate, runserverpush, runserver."""
+    """The demo as scripts/demo.sh runs it: migrate, then its serve_push and serve_django."""
 
     def __init__(self, workdir: Path, redis_url: str | None = None) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.env = {
             **os.environ,
+            "VENV": sys.prefix,
+            "DEMO_PORT": str(self.port),
             "DEMO_DB": str(workdir / "demo.sqlite3"),
             "DEMO_PUSH_PORT": str(free_port()),
             "DEMO_NOTIFIER_PORT": str(free_port()),
@@ -53,14 +57,19 @@ class DemoSite:
     def manage(self, *args: str) -> None:
         subprocess.run([sys.executable, "manage.py", *args], cwd=DEMO, env=self.env, check=True)
 
-    def _spawn(self, name: str, *args: str) -> subprocess.Popen:
+    def _spawn(self, name: str, function: str) -> subprocess.Popen:
+        """A server function of scripts/demo.sh (it execs: the process is the server)."""
         log = open(self.workdir / f"{name}.log", "ab")  # closed with the process
+        script = f". scripts/demo.sh && cd demo_site && {function}"
         return subprocess.Popen(
-            [sys.executable, "manage.py", *args], cwd=DEMO, env=self.env, stdout=log, stderr=log
+            ["bash", "-c", script], cwd=ROOT, env=self.env, stdout=log, stderr=log
         )
 
+    def log(self, name: str) -> str:
+        return (self.workdir / f"{name}.log").read_text()
+
     def start_push(self) -> None:
-        self.push = self._spawn("push", "runserverpush")
+        self.push = self._spawn("push", "serve_push")
         wait_http(f"{self.push_url}/health")
 
     def stop_push(self) -> None:
@@ -70,7 +79,7 @@ class DemoSite:
 
     def start(self) -> DemoSite:
         self.start_push()
-        self.django = self._spawn("django", "runserver", f"127.0.0.1:{self.port}", "--noreload")
+        self.django = self._spawn("django", "serve_django")
         wait_http(f"{self.url}/login/")
         return self
 
@@ -112,10 +121,16 @@ def browser():
     with sync_playwright() as playwright:
         instance = playwright.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync"],
-        )  # fmt: skip
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         yield instance
         instance.close()
 
@@ -137,6 +152,77 @@ def wait_counter(page, value: int) -> None:
     )
 
 
+def wait_state(page, words: str) -> None:
+    """Until the page's connection state, as the visitor reads it, starts with ``words``."""
+    page.wait_for_function(
+        "words => document.getElementById('state').textContent.startsWith(words)",
+        arg=words,
+        timeout=20000,
+    )
+
+
+def highlighted(page, selector: str) -> bool:
+    return "changed" in (page.get_attribute(selector, "class") or "").split()
+
+
+def assert_explains_itself(page, sentence: str, template: str, *functions) -> None:
+    """The page says what it shows and shows its code as it is in the source files."""
+    assert sentence in " ".join(page.text_content("#what").split())
+    assert page.is_visible("#code-python") and page.is_visible("#code-template")
+    python = page.text_content("#code-python")
+    for function in functions:
+        assert inspect.getsource(function) in python
+    shown = page.text_content("#code-template")
+    assert "{% serverpush_js" in shown
+    source = (DEMO / "demo" / "templates" / "demo" / template).read_text()
+    assert all(line.strip() in source for line in shown.splitlines())
+
+
+def test_counter_page_explains_itself_and_flashes_live_changes(demo, context):
+    page = context.new_page()
+    page.goto(demo.url)
+    assert_explains_itself(
+        page, "Every visit to this page adds one", "index.html", views.index, views.index_update
+    )
+    assert 'addEventListener("serverpush_counter"' in page.text_content("#code-template")
+    wait_state(page, "live over WebSocket")
+    start = counter(page)
+    assert not highlighted(page, "#counter")
+    context.new_page().goto(demo.url)  # someone else visits
+    wait_counter(page, start + 1)
+    assert highlighted(page, "#counter")
+
+
+def test_state_reads_reconnecting_while_the_push_server_is_down(demo, context):
+    page = context.new_page()
+    page.goto(demo.url)
+    wait_state(page, "live over WebSocket")
+    demo.stop_push()
+    wait_state(page, "reconnecting…")
+    demo.start_push()  # memory history: the page reloads to catch up (a visit of its own)
+    wait_state(page, "live over ")
+    start = counter(page)
+    demo.visit("/")
+    # Past ``start``: the reload may land after it was read and count one more.
+    page.wait_for_function(
+        f"Number(document.getElementById('counter').textContent) > {start}", timeout=15000
+    )
+
+
+def test_page_rendered_while_the_push_server_is_down_goes_live_when_it_is_back(demo, context):
+    demo.stop_push()
+    page = context.new_page()
+    page.goto(demo.url)
+    script = page.evaluate("document.querySelector('script[src$=\"/serverpush.js\"]').src")
+    assert script.startswith(demo.url + "/static/")  # from Django, not the push server
+    wait_state(page, "reconnecting…")
+    demo.start_push()
+    wait_state(page, "live over ")
+    start = counter(page)
+    demo.visit("/")
+    wait_counter(page, start + 1)
+
+
 def test_two_pages_see_the_counter_live(demo, context):
     first, second = context.new_page(), context.new_page()
     first.goto(demo.url)
@@ -151,15 +237,20 @@ def test_two_pages_see_the_counter_live(demo, context):
 
 
 class StaleHTML:
-    """Serves HTML that Django rendered earlier, from loopback like the demo itself."""
+    """Serves HTML that Django rendered earlier, from loopback like the demo itself;
+    any other path (the page's scripts and CSS) comes from the demo."""
 
-    def __init__(self, html: str) -> None:
-        body = html.encode()
+    def __init__(self, html: str, site: DemoSite) -> None:
+        page = html.encode()
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                content_type, body = "text/html; charset=utf-8", page
+                if self.path != "/":
+                    with urllib.request.urlopen(site.url + self.path, timeout=10) as response:
+                        content_type, body = response.headers["Content-Type"], response.read()
                 self.send_response(200)
-                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -179,7 +270,7 @@ class StaleHTML:
 def test_page_rendered_before_an_update_catches_up_on_load(demo, context):
     html = demo.visit("/")  # rendered now, reaching the browser later
     rendered = int(html.split('id="counter">')[1].split("<")[0])
-    stale = StaleHTML(html)
+    stale = StaleHTML(html, demo)
     try:
         page = context.new_page()
         demo.visit("/")
@@ -195,7 +286,7 @@ def test_long_poll_when_websocket_is_blocked(demo, context):
     page.add_init_script("window.WebSocket = function () { throw new Error('blocked'); };")
     page.goto(demo.url)
     start = counter(page)
-    page.wait_for_function("ServerPush.state === 'longpoll'")
+    wait_state(page, "live over long-poll")
     demo.visit("/")
     wait_counter(page, start + 1)
     demo.visit("/")
@@ -250,6 +341,14 @@ def test_each_user_sees_only_their_own_updates(demo, browser):
     alice_context, bob_context = browser.new_context(), browser.new_context()
     try:
         alice, bob = login(alice_context, demo, "alice"), login(bob_context, demo, "bob")
+        assert_explains_itself(
+            alice,
+            "Press +1: the score changes on every page alice has open",
+            "me.html",
+            views.me,
+            views.me_update,
+            views.score_for_page,
+        )
         for page in (alice, bob):
             page.wait_for_function("ServerPush.state === 'websocket'")
             page.evaluate(
@@ -264,6 +363,7 @@ def test_each_user_sees_only_their_own_updates(demo, browser):
         alice_again.wait_for_function("ServerPush.state === 'websocket'")
         alice.click("#bump button")
         alice_again.wait_for_function("document.getElementById('points').textContent === '2'")
+        assert highlighted(alice_again, "#points")  # changed by alice's other tab
         bob.click("#bump button")
         bob.wait_for_function("document.getElementById('points').textContent === '1'")
         assert alice.text_content("#points") == "2"
@@ -279,10 +379,17 @@ def test_chat_through_send_update(demo, context):
     reader, writer = context.new_page(), context.new_page()
     reader.goto(demo.url + "/chat/")
     writer.goto(demo.url + "/chat/")
-    reader.wait_for_function("ServerPush.state === 'websocket'")
+    assert_explains_itself(
+        reader,
+        "A message sent here appears at once on every open chat page",
+        "chat.html",
+        views.chat,
+    )
+    assert "send_update(" in reader.text_content("#code-python")
+    wait_state(reader, "live over WebSocket")
     writer.fill("#text", "hello from the other tab")
     writer.click("#say button")
-    reader.wait_for_selector("text=hello from the other tab")
+    reader.wait_for_selector("#messages li.changed >> text=hello from the other tab")
     assert reader.locator("#messages li").count() == writer.locator("#messages li").count()
 
 

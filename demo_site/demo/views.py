@@ -19,7 +19,7 @@ def index(request: HttpRequest) -> HttpResponse:
 
 
 def index_update(request: HttpRequest) -> list[dict]:
-    # No 'data' and no 'serializer': the default serializer sends the row's fields.
+    """What the page follows: saves of Counter 1, sent as its fields (no 'data' given)."""
     return [{"name": "counter", "model": Counter, "params": {"pk": 1}}]
 
 
@@ -35,6 +35,7 @@ def me(request: HttpRequest) -> HttpResponse:
 
 
 def me_update(request: HttpRequest) -> list[dict]:
+    """What the page follows: saves of this user's own Score, sent by score_for_page."""
     if not request.user.is_authenticated:
         return []
     return [

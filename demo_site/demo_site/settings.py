@@ -1,7 +1,8 @@
 """Demo settings: SQLite, memory history, everything on 127.0.0.1.
 
 DEMO_DB, DEMO_PUSH_PORT and DEMO_NOTIFIER_PORT let the tests run it on their own
-file and free ports.
+file and free ports. scripts/demo.sh binds the push server's public port to
+127.0.0.1 (runserverpush listens on every interface unless told otherwise).
 """
 
 import os
@@ -18,6 +19,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    "django.contrib.staticfiles",  # serves serverpush.js and the demo's CSS
     "django_adapter",
     "demo",
 ]
@@ -65,6 +67,7 @@ USE_TZ = True
 TIME_ZONE = "UTC"
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/me/"
+STATIC_URL = "/static/"
 
 SERVERPUSH_PORT = int(os.environ.get("DEMO_PUSH_PORT", 8013))
 SERVERPUSH_NOTIFIER_PORT = int(os.environ.get("DEMO_NOTIFIER_PORT", 8014))
@@ -74,6 +77,7 @@ SERVERPUSH_REDIS_URL = os.environ.get("DEMO_REDIS_URL") or None
 
 LOGGING = {
     "version": 1,
+    "disable_existing_loggers": False,  # keep runserver's request lines (django.server)
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {"django_adapter": {"handlers": ["console"], "level": "INFO"}},
 }

@@ -8,7 +8,9 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from django import template
+from django.conf import settings as django_settings
 from django.http.request import split_domain_port
+from django.templatetags.static import static
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
@@ -49,7 +51,10 @@ def serverpush_js(context: template.Context, *channels: str) -> SafeString:
 
     Subscribes the page's ``<view>_update`` channels and any channels named as
     arguments, e.g. ``{% serverpush_js "chat" %}``. Also renders the hidden
-    ``<div id="generated_timestamp">`` of django-serverpush.
+    ``<div id="generated_timestamp">`` of django-serverpush. The script comes from
+    Django's static files, so that a page rendered while the push server is down
+    still gets it and goes live when the server is back; with
+    ``SERVERPUSH_JS_FROM_PUSH_SERVER`` it comes from the push server.
     """
     request = context.get("request")
     state = getattr(request, "serverpush", None)
@@ -62,11 +67,15 @@ def serverpush_js(context: template.Context, *channels: str) -> SafeString:
         "subscriptions": [{"channel": c, "token": token_for(c)} for c in names],
     }
     payload = json.dumps(config).replace("<", "\\u003c").replace(">", "\\u003e")
+    if getattr(django_settings, "SERVERPUSH_JS_FROM_PUSH_SERVER", False):
+        script = f"{config['url']}/static/serverpush.js"
+    else:
+        script = static("serverpush/serverpush.js")
     return format_html(
         '<div id="generated_timestamp" style="display:none">{}</div>\n'
         "<script>window.SERVERPUSH_CONFIG = {};</script>\n"
-        '<script src="{}/static/serverpush.js"></script>',
+        '<script src="{}"></script>',
         "" if since is None else since,
         mark_safe(payload),
-        config["url"],
+        script,
     )

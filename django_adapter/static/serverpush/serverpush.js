@@ -1,0 +1,1 @@
+../../../static/serverpush/serverpush.js
