@@ -637,24 +637,33 @@ def fmt(value: float | None) -> str:
     return f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
 
 
+SMOKE_NOTE = (
+    "Smoke sizes: these figures only show that the harness works. They are not comparable "
+    "with each other or with the README's table, so no ratios are given."
+)
+
+
 def report(all_results: dict, size_name: str, elapsed: float) -> str:
     names = list(all_results)
     ours = [n for n in names if n.startswith("twistedpush")]
     peers = [n for n in names if not n.startswith("twistedpush")]
+    smoke = size_name == "smoke"
+    # Smoke sizes (20 subscribers, a second of load) say nothing of the servers: a
+    # ratio printed from them would contradict the README's table.
+    pairs = [] if smoke else [(o, p) for o in ours[:1] for p in peers]
+    columns = names + [f"{o} / {p}" for o, p in pairs]
     lines = [
         "# Benchmarks",
         "",
-        f"Command: `bash bench/run.sh` ({size_name} sizes, {elapsed / 60:.1f} min) on "
-        f"{platform.node()}: {os.cpu_count()} cores, Linux {platform.release()}.",
+        f"Command: `bash bench/run.sh{' --smoke' if smoke else ''}` ({size_name} sizes, "
+        f"{elapsed / 60:.1f} min) on {platform.node()}: {os.cpu_count()} cores, "
+        f"Linux {platform.release()}.",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()) + ".",
         "",
-        "| scenario | "
-        + " | ".join(names)
-        + " | "
-        + " | ".join(f"{o} / {p}" for o in ours[:1] for p in peers)
-        + " |",
-        "|---" * (1 + len(names) + len(peers[:]) * min(1, len(ours))) + "|",
     ]
+    if smoke:
+        lines += [SMOKE_NOTE, ""]
+    lines += ["| scenario | " + " | ".join(columns) + " |", "|---" * (1 + len(columns)) + "|"]
     for label, get in ROWS:
         values = {}
         for name in names:
@@ -663,12 +672,11 @@ def report(all_results: dict, size_name: str, elapsed: float) -> str:
             except (KeyError, TypeError):
                 values[name] = None
         ratios = []
-        for ours_name in ours[:1]:
-            for peer in peers:
-                a, b = values.get(ours_name), values.get(peer)
-                ratios.append(f"{a / b:.2f}x" if a and b and b == b and a == a else "n/a")
-        lines.append(f"| {label} | " + " | ".join(fmt(values[n]) for n in names) + " | "
-                     + " | ".join(ratios) + " |")  # fmt: skip
+        for ours_name, peer in pairs:
+            a, b = values.get(ours_name), values.get(peer)
+            ratios.append(f"{a / b:.2f}x" if a and b and b == b and a == a else "n/a")
+        lines.append(f"| {label} | " + " | ".join(fmt(values[n]) for n in names)
+                     + "".join(f" | {r}" for r in ratios) + " |")  # fmt: skip
     failed = [f"{name} {scenario} ({result['error']})" for name, scenarios in all_results.items()
               for scenario, result in scenarios.items() if "error" in result]  # fmt: skip
     incomplete = [f"{name} {scenario}" for name, scenario in _incomplete(all_results)]
