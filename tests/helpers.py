@@ -50,6 +50,9 @@ class Recorder:
         for update in updates:
             self.send_update(update)
 
+    def discard(self, channel: str) -> None:
+        pass
+
     def send_reset(self, channel: str, now: int) -> None:
         self.messages.append({"type": "reset", "channel": channel, "ts": now})
 

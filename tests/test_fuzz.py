@@ -137,6 +137,9 @@ class _Sink:
     def send_replay(self, updates):
         pass
 
+    def discard(self, channel):
+        pass
+
     def send_reset(self, channel, now):
         pass
 

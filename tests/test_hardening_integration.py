@@ -224,3 +224,32 @@ def test_close_codes_for_oversize_and_invalid_utf8_reach_the_client(push_server)
         assert json.loads(ws.recv(timeout=5))["code"] == "bad_request"
         ws.send(json.dumps({"type": "subscribe", "channel": "ok"}))
         assert json.loads(ws.recv(timeout=5))["type"] == "subscribed"
+
+
+def test_a_notifier_peer_that_does_not_read_its_answers_is_not_read_either(push_server):
+    """Unauthenticated commands are each answered UNAUTHORIZED (an answer bigger than
+    the command): a peer that never reads them must not grow the server's memory."""
+    from twistedpush.commands import CurrentTimestamp, pack_box, pack_pairs
+
+    server = push_server("--public", "*", "--publisher-key", "k")
+    baseline = rss_kib(server.process.pid)
+    box = pack_pairs([(b"_command", CurrentTimestamp.commandName), (b"_ask", b"1")]) + pack_box(())
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.notifier_port))
+    sock.setblocking(False)
+    chunk = box * 2000
+    sent = 0
+    deadline = time.monotonic() + 4
+    while time.monotonic() < deadline:
+        try:
+            sent += sock.send(chunk)
+        except BlockingIOError:
+            time.sleep(0.01)  # the server stopped reading: as it should
+    grown = rss_kib(server.process.pid) - baseline
+    sock.close()
+    # Measured here: about 0.7 MB with the server not reading such a peer, 11 MB
+    # in 3 s (and growing) when it buffered every answer.
+    assert grown < 6_000, f"server grew {grown} KiB for a peer that reads nothing ({sent} sent)"
+    with PushClient(port=server.notifier_port, key="k") as publisher:
+        assert publisher.current_timestamp() > 0  # and serves others meanwhile

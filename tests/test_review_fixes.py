@@ -389,3 +389,89 @@ def test_the_access_log_names_the_client_behind_a_trusted_proxy():
     )
     pump.flush()
     assert lines and lines[0].startswith('"198.51.100.7"'), lines
+
+
+# Found in review of the fixes above
+
+
+def test_a_client_that_reads_is_not_dropped_for_a_big_turn():
+    hub, clock, admission, site = setup()  # --max-pending-bytes 1 MiB
+    client, pump = ws_connect(site, clock)
+    client.send_json({"type": "subscribe", "channel": "room"})
+    pump.flush()
+    hub.publish([("room", None, json.dumps("x" * 30_000))] * 40)  # 1.2 MB in one turn
+    publish(hub, "room", "y" * (1024 * 1024 - 100))  # one update of almost 1 MiB
+    pump.flush()
+    assert site.resource.children[b"ws"]._factory.slow_drops == 0
+    assert len([m for m in client.received if m["type"] == "update"]) == 41
+
+
+def test_a_stalled_reader_with_a_replay_waiting_is_dropped_and_resubscribing_adds_nothing():
+    hub, clock, admission, site = setup()
+    first = publish(hub, "room", "first")[0]
+    for _ in range(30):
+        publish(hub, "room", "x" * 100_000)
+    client, pump = ws_connect(site, clock)
+    protocol = pump.serverIO.protocol
+    protocol.pauseProducing()
+    for _ in range(50):  # each subscribe replaces the last one's unsent replay
+        client.send_json({"type": "subscribe", "channel": "room", "since": first})
+        pump.flush()
+    assert protocol._replays == 1
+    clock.advance(14)
+    assert site.resource.children[b"ws"]._factory.slow_drops == 0
+    clock.advance(1)  # STALL_TIMEOUT with something waiting and nothing read
+    assert site.resource.children[b"ws"]._factory.slow_drops == 1
+    pump.flush()
+    assert hub.stats()["subscriptions"] == 0
+
+
+def test_a_refused_resubscribe_keeps_the_replay_of_the_subscription_that_stays():
+    clock = make_clock()
+    hub = make_hub(clock, secret="k", public=("pub.*",))
+    site = make_site(hub, clock)
+    first = publish(hub, "pub.a", "first")[0]
+    for i in range(30):
+        publish(hub, "pub.a", [i, "x" * 100_000])
+    client, pump = ws_connect(site, clock)
+    client.send_json({"type": "subscribe", "channel": "pub.a", "since": first})
+    client.send_json({"type": "subscribe", "channel": "pub.a", "since": "bad"})
+    for _ in range(100):
+        pump.flush()
+    assert [m["data"][0] for m in client.received if m["type"] == "update"] == list(range(30))
+
+
+def test_pipelined_polls_are_counted_and_not_cut_off_by_the_deadline():
+    hub, clock, admission, site = setup(max_polls=1, request_timeout=30)
+    client, server, pump = raw_connect(site, clock)
+    body = json.dumps({"subscriptions": [{"channel": "room"}], "timeout": 60}).encode()
+    poll_request = b"POST /poll HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(body),
+        body,
+    )
+    client.transport.write(poll_request * 2)  # the second waits behind the first
+    pump.flush()
+    publish(hub, "room", 1)  # answers the first; the second is held from here
+    clock.advance(0)
+    pump.flush()
+    assert client.received.count(b"HTTP/1.1 200") == 1
+    assert admission.by_transport["longpoll"] == 1 and admission.by_transport["http"] == 0
+    clock.advance(45)  # past the request deadline: a held poll is not a late request
+    pump.flush()
+    assert b"408" not in client.received
+    publish(hub, "room", 2)
+    clock.advance(0)
+    pump.flush()
+    assert client.received.count(b"HTTP/1.1 200") == 2
+    assert admission.by_transport["longpoll"] == 0
+
+
+def test_a_huge_integer_timeout_is_capped_not_a_500():
+    clock = make_clock()
+    hub = make_hub(clock)
+    resource = PollResource(hub, clock, Admission())
+    request = poll(resource, b'{"subscriptions":[{"channel":"a"}],"timeout":1' + b"0" * 400 + b"}")
+    assert not request.finished  # held, for the longest a poll is held
+    clock.advance(60)
+    assert request.finished
+    assert json.loads(b"".join(request.written))["messages"] == []

@@ -294,3 +294,19 @@ def test_runserverpush_stops_on_a_taken_port_before_listening(settings):
         settings.SERVERPUSH_PORT = free_port()
         with pytest.raises(CommandError, match=r"cannot start the push server: --notifier "):
             call_command("runserverpush")
+
+
+def test_port_and_notifier_on_the_same_port_is_one_line_too():
+    port = free_port()
+    reactor = MemoryReactorClock()
+    for port_option, notifier in (
+        (f"tcp:{port}", f"tcp:{port}:interface=127.0.0.1"),
+        (f"tcp:{port}:interface=127.0.0.1", f"tcp:{port}:interface=127.0.0.1"),
+    ):
+        options = parse("--port", port_option, "--notifier", notifier)
+        with pytest.raises(CannotBind, match=rf"both listen on port {port}$"):
+            check_ports(options, reactor)
+    other = parse(
+        "--port", f"tcp:{port}:interface=127.0.0.1", "--notifier", f"tcp:{port}:interface=127.0.0.2"
+    )  # fmt: skip
+    check_ports(other, reactor)  # two loopback addresses: no clash

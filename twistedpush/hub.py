@@ -36,6 +36,9 @@ class Subscriber(Protocol):
     def send_replay(self, updates: Sequence[Update]) -> None:
         """A channel's catch-up, in order: a transport may send it as its client reads."""
 
+    def discard(self, channel: str) -> None:
+        """The subscription to ``channel`` ended: what is queued for it need not be sent."""
+
     def send_reset(self, channel: str, now: int) -> None: ...
 
     def send_subscribed(self, channel: str, now: int) -> None: ...
@@ -365,6 +368,7 @@ class Hub:
             self._leave(subscriber, name)
 
     def _leave(self, subscriber: Subscriber, name: str) -> None:
+        subscriber.discard(name)
         if self.presence and subscriber.lasting:
             for listener in self.presence:
                 listener.left(subscriber, name)

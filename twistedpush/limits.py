@@ -46,6 +46,8 @@ class Ticket:
     peer: str
     address: str | None
     transport: str = "http"
+    holder: object = None
+    """What counts the connection as ``transport`` now (a poll request), if anything."""
     closed: bool = False
 
 
@@ -134,15 +136,24 @@ class Admission:
         self.by_ip[client] += 1
         return client
 
-    def use(self, ticket: Ticket, transport: str) -> None:
-        """Count ``ticket``'s connection as ``transport`` from now on, or raise Limit."""
-        if ticket.closed or ticket.transport == transport:
+    def use(self, ticket: Ticket, transport: str, holder: object = None) -> None:
+        """Count ``ticket``'s connection as ``transport`` from now on, on behalf of
+        ``holder``, or raise Limit."""
+        if ticket.closed:
             return
-        if transport == "longpoll" and self.by_transport[transport] >= self.limits.max_polls:
-            self._refuse(f"at most {self.limits.max_polls} long-poll requests at once")
-        self.by_transport[ticket.transport] -= 1
-        self.by_transport[transport] += 1
-        ticket.transport = transport
+        if ticket.transport != transport:
+            if transport == "longpoll" and self.by_transport[transport] >= self.limits.max_polls:
+                self._refuse(f"at most {self.limits.max_polls} long-poll requests at once")
+            self.by_transport[ticket.transport] -= 1
+            self.by_transport[transport] += 1
+            ticket.transport = transport
+        ticket.holder = holder
+
+    def done(self, ticket: Ticket, holder: object) -> None:
+        """``holder`` is finished with the connection: it counts as plain HTTP again,
+        unless something else (a pipelined poll, a WebSocket) holds it since."""
+        if ticket.holder is holder:
+            self.use(ticket, "http")
 
     def close(self, ticket: Ticket) -> None:
         """The connection is gone: release whatever it was counted as (once)."""

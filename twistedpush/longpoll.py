@@ -121,6 +121,9 @@ class _Poll:
     def send_replay(self, updates: Sequence[Update]) -> None:
         self.messages.extend(update.message for update in updates)
 
+    def discard(self, channel: str) -> None:
+        """A poll's messages are all sent in its one answer."""
+
     def send_reset(self, channel: str, now: int) -> None:
         self.messages.append(encode(reset_message(channel, now)))
 
@@ -193,13 +196,13 @@ class PollResource(Resource):
             return error_body(request, 413 if e.code == "too_large" else 400, e)
         ticket = request.ticket
         try:
-            self.admission.use(ticket, "longpoll")
+            self.admission.use(ticket, "longpoll", request)
         except Limit as e:
             return error_body(request, 503, e)
         # Counted as a poll until its answer has left this process (a client
         # that does not read holds it in the send buffer), or the connection is gone.
         request.notifyFinish().addBoth(
-            lambda _: request.when_sent(lambda: self.admission.use(ticket, "http"))
+            lambda _: request.when_sent(lambda: self.admission.done(ticket, request))
         )
         _Poll(self.hub, self.clock, request, timeout).start(subscriptions)
         return NOT_DONE_YET

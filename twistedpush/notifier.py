@@ -72,6 +72,22 @@ class NotifierProtocol(amp.AMP):
         self._handlers = self._commands if key is None else {}
         self._refused = False
 
+    def connectionMade(self) -> None:
+        """Become the producer of our own answers: a peer that sends commands but does
+        not read their answers (every answer is bigger than its command) is not read
+        from until it has, so what it makes us buffer stays bounded."""
+        super().connectionMade()
+        self.transport.registerProducer(self, True)
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """The connection is going: nothing to stop beyond what closing does."""
+
     @property
     def authenticated(self) -> bool:
         """True once this connection may publish (at once when no key is configured)."""

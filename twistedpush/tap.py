@@ -243,11 +243,19 @@ def check_ports(options: Options, reactor: IReactorTime) -> None:
     it, before anything listens: a listen that fails during start leaves the
     other listener up for a moment and ends in a traceback.
     """
+    taken: dict[int, tuple[str, str]] = {}
     for key in ("port", "notifier"):
         address = _tcp_address(endpoints.serverFromString(reactor, options[key]))
         if address is None or address[1] == 0:
             continue
         interface, port = address
+        # Two probes with SO_REUSEADDR may share an address that two listeners cannot.
+        if port in taken and _overlap(interface, taken[port][1]):
+            raise CannotBind(
+                f"--{key} {options[key]!r} and --{taken[port][0]} "
+                f"{options[taken[port][0]]!r} both listen on port {port}"
+            )
+        taken[port] = (key, interface)
         with socket.socket(socket.AF_INET6 if ":" in interface else socket.AF_INET) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
@@ -257,6 +265,12 @@ def check_ports(options: Options, reactor: IReactorTime) -> None:
                     f"--{key} {options[key]!r}: cannot listen on {interface or '*'}:{port}: "
                     f"{e.strerror}"
                 ) from None
+
+
+def _overlap(one: str, other: str) -> bool:
+    """Whether listeners on these interfaces (same port) would collide."""
+    wildcard = ("", "0.0.0.0", "::")
+    return one == other or one in wildcard or other in wildcard
 
 
 class NodeService(service.MultiService):

@@ -109,6 +109,8 @@ class PushHTTPChannel(http.HTTPChannel):
 
     def _late(self) -> None:
         self._deadline = None
+        if self.transport is None:
+            return  # a WebSocket's now
         timeout = self.site.admission.limits.request_timeout
         error = PushError(f"the request did not arrive whole within {timeout:g} s")
         self.transport.write(_raw_response(b"408 Request Timeout", error))
@@ -146,9 +148,14 @@ class PushHTTPChannel(http.HTTPChannel):
         super().allContentReceived()
 
     def requestDone(self, request: server.Request) -> None:
+        # The next request must arrive whole in time too. Armed first: twisted.web
+        # goes straight on to a pipelined request already buffered, which disarms
+        # it once whole (or takes the connection over as a WebSocket).
+        self._disarm()
+        self._arm()
         super().requestDone(request)
-        if self.persistent and not self.transport.disconnecting:
-            self._arm()  # the next request must arrive whole in time too
+        if self.transport is None or not self.persistent or self.transport.disconnecting:
+            self._disarm()
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -208,8 +215,10 @@ class PushRequest(server.Request):
 
     def when_sent(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once this request's answer has left for the kernel
-        (never, if the connection is gone first: closing it releases everything)."""
-        if not self.connection.transport.disconnected:
+        (never, if the connection is gone first or became a WebSocket: closing it
+        releases everything, and a WebSocket holds its ticket)."""
+        transport = self.connection.transport
+        if transport is not None and not transport.disconnected:
             self.connection.when_sent(callback)
 
     def getClientAddress(self) -> IAddress:

@@ -9,7 +9,7 @@ from typing import Any, cast
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket import protocol as autobahn_protocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -58,15 +58,20 @@ SLOW_CLIENT = 4000
 REPLAY_CHUNK = 65536
 """Bytes of replayed frames written per turn while the client keeps up."""
 
+STALL_TIMEOUT = 15.0
+"""Seconds a client may leave its transport paused (its buffers full, not reading)
+while something waits for it, before it is dropped as stalled."""
+
 
 class _Replay:
     """A channel's replay, framed only as the client reads: its updates are history's
     own objects, so a replay waiting on a slow reader costs no copy of them."""
 
-    __slots__ = ("position", "updates")
+    __slots__ = ("channel", "position", "updates")
 
     def __init__(self, updates: Sequence[Update]) -> None:
         self.updates = updates
+        self.channel = updates[0].channel
         self.position = 0
 
     def frames(self, budget: int) -> tuple[list[bytes], int, bool]:
@@ -98,6 +103,7 @@ class PushWebSocketProtocol(WebSocketServerProtocol):
     transport: Any  # a TCP (or TLS) connection: this protocol is its producer
     ticket: Ticket | None = None
     _paused = False
+    _stall: IDelayedCall | None = None
     _dirty = False
     _outbox: list[bytes | _Replay] | None = None
     _queued = 0
@@ -124,16 +130,32 @@ class PushWebSocketProtocol(WebSocketServerProtocol):
         self.transport.registerProducer(self, True)
 
     def pauseProducing(self) -> None:
+        """The client is not reading as fast as we write: hold the outbox, and drop
+        the client if it stays so for STALL_TIMEOUT with something waiting."""
         self._paused = True
+        if self._stall is None:
+            self._stall = self.factory.reactor.callLater(STALL_TIMEOUT, self._stalled)
 
     def resumeProducing(self) -> None:
         """The transport's buffer drained: write what waited, now."""
         self._paused = False
+        self._cancel_stall()
         if self._outbox:
             self.flush()
 
     def stopProducing(self) -> None:
         self._paused = True
+        self._cancel_stall()
+
+    def _cancel_stall(self) -> None:
+        if self._stall is not None and self._stall.active():
+            self._stall.cancel()
+        self._stall = None
+
+    def _stalled(self) -> None:
+        self._stall = None
+        if self._paused and self._outbox and self.state == self.STATE_OPEN:
+            self._drop_slow()
 
     @property
     def client_address(self) -> str:
@@ -146,7 +168,7 @@ class PushWebSocketProtocol(WebSocketServerProtocol):
         try:
             admission.check_origin(request.headers.get("origin"))
             if self.ticket is not None:
-                admission.use(self.ticket, "websocket")
+                admission.use(self.ticket, "websocket", self)
         except Forbidden as e:
             raise ConnectionDeny(403, e.message) from None
         except Limit as e:
@@ -179,6 +201,7 @@ class PushWebSocketProtocol(WebSocketServerProtocol):
         self._send_message(failed_subscription(failure, channel))
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self._cancel_stall()
         self.factory.hub.drop(self)
         self._outbox = None
         if self.ticket is not None:
@@ -189,10 +212,12 @@ class PushWebSocketProtocol(WebSocketServerProtocol):
     def _queue(self, item: bytes) -> None:
         if self.state != self.STATE_OPEN:
             return
+        if self._queued + len(item) > self.factory.max_pending_bytes:
+            if self._paused:
+                self._drop_slow()  # not reading, and this much waits for it
+                return
+            self.flush()  # a big turn for a client that reads: hand it over now
         self._queued += len(item)
-        if self._queued > self.factory.max_pending_bytes:
-            self._drop_slow()
-            return
         if self._outbox is None:
             self._outbox = [item]
             if not self._paused:
@@ -276,6 +301,17 @@ class PushWebSocketProtocol(WebSocketServerProtocol):
                 self._mark_dirty()
         else:
             self._outbox.append(replay)
+
+    def discard(self, channel: str) -> None:
+        """The subscription to ``channel`` ended (or was replaced): its replay's
+        unsent part goes, rather than wait in the outbox for a client that
+        re-subscribes again and again."""
+        outbox = self._outbox
+        if not self._replays or not outbox:
+            return
+        kept = [i for i in outbox if not (isinstance(i, _Replay) and i.channel == channel)]
+        self._replays -= len(outbox) - len(kept)
+        self._outbox = kept or None
 
     def going_away(self) -> None:
         """The server is stopping: tell the browser to reconnect (to another node)."""

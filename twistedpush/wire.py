@@ -75,7 +75,7 @@ def parse_poll_body(
         or not 0 <= timeout < math.inf
     ):
         raise BadRequest("timeout must be a finite, non-negative number of seconds")
-    return parsed, min(float(timeout), MAX_POLL_TIMEOUT)
+    return parsed, float(min(timeout, MAX_POLL_TIMEOUT))  # (a huge integer has no float)
 
 
 def encode(message: dict) -> bytes:

@@ -1,9 +1,10 @@
 /*
  * twistedpush browser client. No dependencies.
  *
- * WebSocket first, long-poll when WebSocket cannot connect; reconnects with
- * backoff and jitter; every channel resumes from the last position it saw, so
- * nothing is lost or repeated across reconnects.
+ * WebSocket first, long-poll when WebSocket cannot connect (and WebSocket
+ * again as soon as it can); reconnects with backoff and jitter; every channel
+ * resumes from the last position it saw, so nothing is lost or repeated
+ * across reconnects or a change of transport.
  *
  *   ServerPush.configure({url: "http://host:8013", since: 1700000000000000,
  *                         subscriptions: [{channel: "news", token: null}]});
@@ -11,18 +12,26 @@
  *   document.addEventListener("serverpush_headline", function (e) { e.detail; });
  *   $(document).bind("serverpush_headline", function (event, data) {});  // with jQuery
  *   $.updates.registerProcessor("room:1", "chat", function (data) {});   // by data.type
+ *   document.addEventListener("serverpush_state", function (e) { e.detail.state; });
  *
  * ServerPush.state is one of:
  *   "idle"        nothing to follow: no channel subscribed yet or, over
  *                 long-poll, every channel unsubscribed or refused;
- *   "connecting"  the first attempt is about to start, or a WebSocket is opening;
+ *   "connecting"  the first attempt is about to start, a WebSocket is opening,
+ *                 or a long-poll request waits for its first answer (after
+ *                 the fallback or after a failure);
  *   "websocket"   connected over WebSocket;
- *   "longpoll"    polling over HTTP (WebSocket failed twice, or was left out
- *                 of `transports`);
+ *   "longpoll"    live over HTTP polling: the last poll was answered (200).
+ *                 WebSocket failed twice, or was left out of `transports`;
+ *                 after such a fallback, WebSocket is tried again in the
+ *                 background after 30 s, then after intervals doubling up to
+ *                 5 min, and replaces polling as soon as it opens;
  *   "waiting"     an attempt failed; the next one starts after a backoff delay
  *                 (doubling from 0.25-0.5 s up to 15-30 s, reset by a success).
  *
  * Events on document:
+ *   "serverpush_state"   detail {state, previous}: ServerPush.state changed
+ *                        (fired on every change, never twice for one state).
  *   "serverpush_<name>"  an update with that name; detail is its data.
  *   "serverpush_reset"   cancelable; detail {channel, ts}. History no longer
  *                        reaches back to this page's position (a "reset"
@@ -60,6 +69,13 @@
   function isPosition(value) {
     return typeof value === "number" && value >= 0 && Math.floor(value) === value;
   }
+
+  // Trying WebSocket again while on long-poll after a fallback: first after
+  // PROBE_FIRST, then after intervals doubling up to PROBE_MAX; a WebSocket
+  // that has not opened within PROBE_TIMEOUT counts as failed.
+  var PROBE_FIRST = 30000;
+  var PROBE_MAX = 300000;
+  var PROBE_TIMEOUT = 10000;
 
   function backoff(attempt) {
     var delay = Math.min(30000, 500 * Math.pow(2, attempt));
@@ -123,9 +139,24 @@
     this.timer = null;   // the next connection attempt
     this.poller = null;  // the long-poll request in flight
     this.pollOk = false; // the last long-poll answered
+    this.fallback = false;        // on long-poll because WebSocket failed
+    this.probeDelay = PROBE_FIRST; // until the next WebSocket probe is planned
+    this.probeTimer = null;
+    this.probeDue = false;        // try WebSocket at the next answered poll
     this.started = false;
     this.state = "idle";
   }
+
+  // Every change of ServerPush.state is told to the page.
+  Client.prototype.setState = function (state) {
+    var previous = this.state;
+    if (state === previous) {
+      return;
+    }
+    this.state = state;
+    this.log("state: " + previous + " -> " + state);
+    fire("serverpush_state", {state: state, previous: previous}, false);
+  };
 
   Client.prototype.log = function () {
     if (this.debug) {
@@ -223,9 +254,9 @@
       return;
     }
     this.started = true;
-    this.state = "connecting";
     var self = this;
     this.timer = setTimeout(function () { self.connect(); }, 0);
+    this.setState("connecting");
   };
 
   // Bring one channel to the server, whatever the connection is doing.
@@ -258,12 +289,12 @@
     var self = this;
     var delay = backoff(this.attempt);
     this.attempt += 1;
-    this.state = "waiting";
     if (this.timer !== null) {
       clearTimeout(this.timer);
     }
     this.log("next attempt in " + Math.round(delay) + " ms");
     this.timer = setTimeout(function () { self.connect(); }, delay);
+    this.setState("waiting");
   };
 
   // A channel the server could not serve for now ("unavailable"): try it
@@ -302,35 +333,69 @@
 
   // WebSocket
 
-  Client.prototype.connectWebSocket = function () {
+  // probe: a try at WebSocket while long-polling goes on. It changes nothing
+  // until it opens; then polling stops and the socket takes every channel on
+  // from its last position.
+  Client.prototype.connectWebSocket = function (probe) {
     var self = this;
     var url = this.baseUrl().replace(/^http/, "ws") + "/ws";
     var socket;
-    this.log("connecting to " + url);
+    this.log((probe ? "trying WebSocket again: connecting to " : "connecting to ") + url);
     try {
       socket = new global.WebSocket(url);
     } catch (e) {
       this.log("WebSocket to " + url + " failed: " + e);
-      this.wsFailed();
+      if (probe) {
+        this.probeFailed();
+      } else {
+        this.wsFailed();
+      }
       return;
     }
     this.socket = socket;
-    this.state = "connecting";
     var opened = false;
+    var guard = null;
+    if (probe) {
+      // A proxy that swallows the handshake: do not wait for the browser to give up.
+      guard = setTimeout(function () {
+        guard = null;
+        if (self.socket === socket && !opened) {
+          self.socket = null;
+          try {
+            socket.close();
+          } catch (e) {
+            // closing a socket that is not open yet may throw in old browsers
+          }
+          self.log("WebSocket to " + url + " did not open within " + PROBE_TIMEOUT + " ms");
+          self.probeFailed();
+        }
+      }, PROBE_TIMEOUT);
+    }
+    function unguard() {
+      if (guard !== null) {
+        clearTimeout(guard);
+        guard = null;
+      }
+    }
     socket.onopen = function () {
       if (self.socket !== socket) {
         return;
       }
+      unguard();
       opened = true;
+      if (probe) {
+        self.leaveLongPoll();
+      }
       self.open = true;
       self.attempt = 0;
       self.wsFailures = 0;
-      self.state = "websocket";
+      self.probeDelay = PROBE_FIRST;
       self.log("connected to " + url);
       var entries = self.active();
       for (var i = 0; i < entries.length; i++) {
         self.sendSubscribe(entries[i]);
       }
+      self.setState("websocket");
     };
     socket.onmessage = function (event) {
       var message;
@@ -347,29 +412,103 @@
       if (self.socket !== socket) {
         return;
       }
+      unguard();
       self.open = false;
       self.socket = null;
       var code = event && event.code ? " (close code " + event.code + ")" : "";
       if (!opened) {
         self.log("WebSocket to " + url + " failed" + code);
-        self.wsFailed();
+        if (probe) {
+          self.probeFailed();
+        } else {
+          self.wsFailed();
+        }
       } else {
         self.log("WebSocket to " + url + " closed" + code);
         self.retry();
       }
     };
+    if (!probe) {
+      this.setState("connecting");
+    }
   };
 
   Client.prototype.wsFailed = function () {
     this.wsFailures += 1;
     if (this.wsFailures >= 2) {
-      this.mode = "longpoll";  // WebSocket blocked on this network: poll instead
+      // WebSocket blocked on this network, or the server down: poll instead,
+      // and try WebSocket again now and then (one cannot tell which).
+      this.mode = "longpoll";
+      this.fallback = true;
       this.attempt = 0;
+      this.pollOk = false;
       this.log("WebSocket failed " + this.wsFailures + " times: falling back to long-poll at " +
                this.baseUrl() + "/poll");
+      this.planProbe();
       this.connect();
     } else {
       this.retry();
+    }
+  };
+
+  // Plan the next try at WebSocket while on long-poll; the interval doubles
+  // each time, up to PROBE_MAX, and starts over once a WebSocket opens.
+  Client.prototype.planProbe = function () {
+    var self = this;
+    this.cancelProbe();
+    if (!this.fallback || typeof global.WebSocket !== "function") {
+      return;
+    }
+    var delay = this.probeDelay;
+    this.probeDelay = Math.min(PROBE_MAX, delay * 2);
+    this.log("trying WebSocket again in " + Math.round(delay / 1000) + " s");
+    this.probeTimer = setTimeout(function () {
+      self.probeTimer = null;
+      self.probeDue = true;
+      if (self.pollOk && self.poller) {
+        self.probe();  // the server answers polls: try now, polling goes on meanwhile
+      }  // otherwise once a poll is answered (the server may well be down)
+    }, delay);
+  };
+
+  Client.prototype.cancelProbe = function () {
+    if (this.probeTimer !== null) {
+      clearTimeout(this.probeTimer);
+      this.probeTimer = null;
+    }
+    this.probeDue = false;
+  };
+
+  Client.prototype.probe = function () {
+    this.probeDue = false;
+    if (this.mode === "longpoll" && this.fallback && this.socket === null) {
+      this.connectWebSocket(true);
+    }
+  };
+
+  Client.prototype.probeFailed = function () {
+    this.log("WebSocket still fails: staying on long-poll");
+    this.planProbe();
+  };
+
+  // A probe opened: stop polling before the socket subscribes. The poll in
+  // flight is dropped unanswered, so positions stay where the last answer
+  // left them and the socket resumes every channel from there: nothing lost;
+  // an update both could bring is dropped by its ts.
+  Client.prototype.leaveLongPoll = function () {
+    this.log("WebSocket is back: leaving long-poll");
+    this.mode = "websocket";
+    this.fallback = false;
+    this.pollOk = false;
+    this.cancelProbe();
+    if (this.timer !== null) {  // a poll planned after a failure
+      clearTimeout(this.timer);
+      this.timer = null;
+    }
+    var old = this.poller;
+    this.poller = null;
+    if (old) {
+      old.abort();
     }
   };
 
@@ -386,9 +525,10 @@
     var sent = this.active();
     if (!sent.length) {
       this.poller = null;
+      this.pollOk = false;  // the next poll, whenever, has to be answered again
       var waiting = false;
       this.channels.forEach(function (entry) { waiting = waiting || entry.retryTimer !== null; });
-      this.state = waiting ? "waiting" : "idle";
+      this.setState(waiting ? "waiting" : "idle");
       return;
     }
     var subscriptions = [];
@@ -410,7 +550,6 @@
       return;
     }
     this.poller = xhr;
-    this.state = "longpoll";
     xhr.timeout = 60000;  // the server answers within 25 s: a silent network is a failure
     xhr.onload = function () {
       if (self.poller === xhr) {
@@ -425,6 +564,8 @@
       }
     };
     xhr.send(JSON.stringify({subscriptions: subscriptions, timeout: 25}));
+    // Live only once the server answers: a poll sent is not a poll answered.
+    this.setState(this.pollOk ? "longpoll" : "connecting");
   };
 
   Client.prototype.answered = function (xhr, sent, url) {
@@ -446,6 +587,7 @@
     }
     this.attempt = 0;
     this.pollOk = true;
+    this.setState("longpoll");
     var updated = new Set();  // channels that continue from their last update
     var refused = new Set();  // channels that got an error: the cursor is not theirs
     for (var i = 0; i < messages.length; i++) {
@@ -474,6 +616,9 @@
           (entry.since === null || body.ts > entry.since)) {
         entry.since = body.ts;
       }
+    }
+    if (this.probeDue) {
+      this.probe();  // the server is up: time to try WebSocket again
     }
     // Also drops a poll a handler may have started meanwhile: positions moved.
     this.restartPoll();

@@ -175,10 +175,11 @@ test("falls back to long-poll when WebSocket cannot connect twice", () => {
   assert.equal(env.requests.length, 0);
   env.waitFor(() => env.sockets.length === 2);
   env.socket().refuse();
-  assert.equal(env.ServerPush.state, "longpoll");
+  assert.equal(env.ServerPush.state, "connecting");  // live once a poll is answered
   assert.equal(env.sockets.length, 2);
   assert.deepEqual(env.poll().body.subscriptions, [{channel: "news", since: 1000, token: null}]);
   env.poll().respond(200, {messages: [update("news", 1001, "live")], ts: 1001});
+  assert.equal(env.ServerPush.state, "longpoll");
   assert.deepEqual(got, ["live"]);
   assert.equal(env.poll().since("news"), 1001);
 });
@@ -189,13 +190,17 @@ test("falls back to long-poll when the WebSocket constructor throws, or there is
   assert.equal(blocked.requests.length, 0);
   blocked.waitFor(() => blocked.requests.length === 1);
   assert.equal(blocked.blockedSockets, 2);
-  assert.equal(blocked.ServerPush.state, "longpoll");
+  assert.equal(blocked.ServerPush.state, "connecting");
   assert.equal(blocked.poll().url, URL + "/poll");
+  blocked.poll().respond(200, {messages: [], ts: 1000});
+  assert.equal(blocked.ServerPush.state, "longpoll");
 
   const old = load({webSocket: "absent"});
   old.advance(0);
-  assert.equal(old.ServerPush.state, "longpoll");
+  assert.equal(old.ServerPush.state, "connecting");
   assert.equal(old.poll().since("news"), 1000);
+  old.poll().respond(200, {messages: [], ts: 1000});
+  assert.equal(old.ServerPush.state, "longpoll");
 });
 
 test("reset: serverpush_reset fires and the page reloads", () => {
