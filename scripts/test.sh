@@ -11,6 +11,10 @@ cd "$(dirname "$0")/.."
 # drive Debian's chromium: both must be installed (tests fail, never skip, without them).
 apt_install redis-server redis-server
 apt_install chromium chromium
+# A Redis shard with its clock moved by libfaketime (tests/test_shards*.py), with a
+# malloc shim the tests compile.
+apt_install faketime faketime
+apt_install gcc gcc
 
 ensure_venv
 echo "== installing twistedpush and test tools into .venv (developer install)"

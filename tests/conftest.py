@@ -131,15 +131,20 @@ def push_server(tmp_path: Path) -> Iterator:
 
 
 class RedisServer:
-    """A real ``redis-server`` of the test's own, on a free port."""
+    """A real ``redis-server`` of the test's own, on a free port; ``env`` is added to its
+    environment (a preloaded library, say)."""
 
-    def __init__(self, workdir: Path, persist: bool = True) -> None:
+    def __init__(
+        self, workdir: Path, persist: bool = True, env: dict | None = None, args: tuple = ()
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed (apt-get install -y redis-server)")
         self.binary = binary
         self.workdir = workdir
         self.persist = persist
+        self.env = {**os.environ, **(env or {})}
+        self.args = list(args)
         self.port = free_port()
         self.process: subprocess.Popen | None = None
 
@@ -153,8 +158,8 @@ class RedisServer:
         ]  # fmt: skip
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--dir", str(self.workdir), *persistence],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+             "--dir", str(self.workdir), *persistence, *self.args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.env,
         )  # fmt: skip
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -203,6 +208,74 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path).start()
     yield server
     server.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def redis_shards(tmp_path: Path) -> Iterator[list[RedisServer]]:
+    """Two redis-servers, each with a directory of its own: the shards of one history."""
+    servers = []
+    for number in range(2):
+        workdir = tmp_path / f"shard-{number}"
+        workdir.mkdir()
+        servers.append(RedisServer(workdir).start())
+    yield servers
+    for server in servers:
+        server.stop(signal.SIGKILL)
+
+
+LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+# Debian's redis-server allocates through libjemalloc, and libfaketime, preloaded,
+# deadlocks it at start-up (jemalloc's initialisation reads the clock that
+# libfaketime is still setting up, which allocates). Preloaded ahead of both, this
+# sends every allocation to glibc's own allocator, which needs no clock.
+GLIBC_MALLOC_SHIM = r"""
+#include <errno.h>
+#include <stddef.h>
+extern void *__libc_malloc(size_t);
+extern void *__libc_calloc(size_t, size_t);
+extern void *__libc_realloc(void *, size_t);
+extern void __libc_free(void *);
+extern void *__libc_memalign(size_t, size_t);
+void *malloc(size_t n) { return __libc_malloc(n); }
+void *calloc(size_t n, size_t s) { return __libc_calloc(n, s); }
+void *realloc(void *p, size_t n) { return __libc_realloc(p, n); }
+void free(void *p) { __libc_free(p); }
+void *memalign(size_t a, size_t n) { return __libc_memalign(a, n); }
+void *aligned_alloc(size_t a, size_t n) { return __libc_memalign(a, n); }
+void *valloc(size_t n) { return __libc_memalign(4096, n); }
+int posix_memalign(void **out, size_t a, size_t n) {
+  void *p = __libc_memalign(a, n);
+  if (!p) return ENOMEM;
+  *out = p;
+  return 0;
+}
+/* glibc's chunk header: the size word before the block (flags in its low bits;
+   an mmapped chunk, flag 2, has two header words). */
+size_t malloc_usable_size(void *p) {
+  if (!p) return 0;
+  size_t word = ((size_t *)p)[-1];
+  return (word & ~(size_t)7) - sizeof(size_t) * ((word & 2) ? 2 : 1);
+}
+"""
+
+
+@pytest.fixture(scope="session")
+def faketime_preload(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """``LD_PRELOAD`` that runs redis-server under libfaketime: the shim above, compiled
+    now with gcc, then libfaketime. Fails (never skips) when either is missing."""
+    if not LIBFAKETIME.exists():
+        pytest.fail(f"{LIBFAKETIME} is missing (apt-get install -y faketime)")
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.fail("gcc is not installed (apt-get install -y gcc)")
+    workdir = tmp_path_factory.mktemp("faketime")
+    (workdir / "shim.c").write_text(GLIBC_MALLOC_SHIM)
+    shim = workdir / "glibc_malloc.so"
+    subprocess.run(
+        [gcc, "-shared", "-fPIC", "-O2", "-o", str(shim), str(workdir / "shim.c")], check=True
+    )
+    return f"{shim}:{LIBFAKETIME}"
 
 
 class ReactorThread:

@@ -1,8 +1,10 @@
 """The history store contract: one set of tests, run against every store.
 
-Each test runs on ``MemoryHistory`` and on ``RedisHistory`` (a real redis-server of
-its own, from the ``redis_server`` fixture), so a store that keeps its own rules
-(Redis's are Lua scripts) fails here under the rule's name.
+Each test runs on ``MemoryHistory``, on ``RedisHistory`` (a real redis-server of
+its own, from the ``redis_server`` fixture) and on ``ShardedHistory`` over two
+real redis-servers, so a store that keeps its own rules (Redis's are Lua scripts)
+fails here under the rule's name. Where shards differ by contract (positions and
+delivery order hold within a shard, not across shards), the test says so.
 
 Both stores run on the real global reactor, in a thread of its own for the whole
 session (``reactor_thread`` in conftest.py): the test calls into it and waits for
@@ -30,10 +32,11 @@ from zope.interface.verify import verifyObject
 from tests.conftest import ReactorThread, RedisServer
 from twistedpush.history import IHistoryStore, MemoryHistory, Replay, Update
 from twistedpush.redis_history import RedisHistory
+from twistedpush.shards import ShardedHistory, shard_of
 
 pytestmark = pytest.mark.integration
 
-PREFIX = "twistedpush:0:"
+PREFIX = "{twistedpush:0}:"
 
 
 def microseconds() -> int:
@@ -43,10 +46,12 @@ def microseconds() -> int:
 class StoreUnderTest:
     """One started store on the reactor thread, and what it handed to ``on_update``."""
 
-    def __init__(self, reactor: ReactorThread, redis: RedisServer | None, **options: Any) -> None:
+    def __init__(
+        self, reactor: ReactorThread, redis: RedisServer | list[RedisServer] | None, **options: Any
+    ) -> None:
         self.reactor = reactor
+        self.servers = [] if redis is None else redis if isinstance(redis, list) else [redis]
         self.kind = "memory" if redis is None else "redis"
-        self.redis = redis
         self.delivered: list[Update] = []
         self.on_delivery: Callable[[Update], None] = lambda update: None
         options.setdefault("sweep_interval", 3600)  # sweeps here are the test's own calls
@@ -56,7 +61,8 @@ class StoreUnderTest:
             # However slow this machine is today, a sweep ends because it is done, not
             # because its budget ran out (test_redis.py tests the budget).
             options.setdefault("sweep_budget", 60)
-            self.store = RedisHistory(reactor.reactor, port=redis.port, **options)
+            shards = [RedisHistory(reactor.reactor, port=s.port, **options) for s in self.servers]
+            self.store = shards[0] if len(shards) == 1 else ShardedHistory(shards)
         self.call(self.store.start, self._deliver)
         self.wait_until(lambda: self.call(self.store.healthy), "the store to be healthy")
 
@@ -93,11 +99,33 @@ class StoreUnderTest:
 
     def channels_held(self) -> int:
         """Channels the store still holds anything of (Redis: counted in Redis itself)."""
-        if self.redis is None:
+        if not self.servers:
             return self.call(self.store.stats)["history_channels"]
-        keys = self.redis.command("KEYS", PREFIX + "[hz]:*")
-        active = self.redis.command("ZRANGE", PREFIX + "active", "0", "-1")
-        return len({key[len(PREFIX) + 2 :] for key in keys} | set(active))
+        held = 0
+        for server in self.servers:
+            keys = server.command("KEYS", PREFIX + "[hz]:*")
+            active = server.command("ZRANGE", PREFIX + "active", "0", "-1")
+            held += len({key[len(PREFIX) + 2 :] for key in keys} | set(active))
+        return held
+
+    def store_of(self, channel: str) -> int:
+        """The number of the store (shard) that holds ``channel``."""
+        return shard_of(channel, len(self.servers)) if len(self.servers) > 1 else 0
+
+    def neighbour(self, channel: str, prefix: str) -> str:
+        """A channel named ``prefix...`` in the same store (shard) as ``channel``."""
+        return next(
+            name
+            for name in (f"{prefix}{i}" for i in range(1000))
+            if self.store_of(name) == self.store_of(channel)
+        )
+
+    def increasing_within_stores(self, channels: Sequence[str], stamps: Sequence[int]) -> bool:
+        """Positions increase within each store (over shards: within each shard)."""
+        by_store: dict[int, list[int]] = {}
+        for channel, ts in zip(channels, stamps, strict=True):
+            by_store.setdefault(self.store_of(channel), []).append(ts)
+        return all(increasing(positions) for positions in by_store.values())
 
     def wait_until(self, predicate: Callable[[], bool], what: str, timeout: float = 10) -> None:
         deadline = time.monotonic() + timeout
@@ -115,14 +143,18 @@ class StoreUnderTest:
         return list(self.delivered)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "shards"])
 def make_store(
     request: pytest.FixtureRequest, reactor_thread: ReactorThread
 ) -> Iterator[Callable[..., StoreUnderTest]]:
     """``make_store(**options)``: a started store of the parameter's kind, stopped after."""
     made: list[StoreUnderTest] = []
     # Asked for here, not in make(): then Redis stops only after the stores have.
-    redis = request.getfixturevalue("redis_server") if request.param == "redis" else None
+    redis: RedisServer | list[RedisServer] | None = None
+    if request.param == "redis":
+        redis = request.getfixturevalue("redis_server")
+    elif request.param == "shards":
+        redis = request.getfixturevalue("redis_shards")
 
     def make(**options: Any) -> StoreUnderTest:
         store = StoreUnderTest(reactor_thread, redis, **options)
@@ -156,7 +188,7 @@ def test_publish_answers_strictly_increasing_positions_across_channels(store):
     stamps += store.publish(item("b", 2), item("a", 3), item("c", 4))
     stamps += store.publish(item("c", 5))
     stamps += store.publish_each(*(item(channel, i) for i, channel in enumerate("abcab")))
-    assert len(stamps) == 10 and increasing(stamps)
+    assert len(stamps) == 10 and store.increasing_within_stores("abacc" + "abcab", stamps)
 
 
 def test_replay_after_since_gives_exactly_the_later_updates_in_order(store):
@@ -247,13 +279,16 @@ def test_sweep_forgets_every_expired_channel_in_one_call(make_store):
     expired = [f"short-lived-{i}" for i in range(3000)]
     stamps = store.publish(*(item(channel, i) for i, channel in enumerate(expired)))
     assert store.channels_held() == 3000
-    store.wait_past(stamps[-1] + int(ttl * 1_000_000))
+    store.wait_past(max(stamps) + int(ttl * 1_000_000))
     store.sweep()
     assert store.channels_held() == 0
-    # Forgotten, but not their horizon: a since before it still gets a reset.
-    assert store.replay(expired[0], stamps[-1] - 1).reset
-    assert store.replay("never-used", stamps[-1] - 1).reset
-    assert not store.replay(expired[0], stamps[-1]).reset
+    # Forgotten, but not their horizon (the newest position of their store, or shard):
+    # a since before it still gets a reset.
+    here = store.store_of(expired[0])
+    newest = max(ts for c, ts in zip(expired, stamps, strict=True) if store.store_of(c) == here)
+    assert store.replay(expired[0], newest - 1).reset
+    assert store.replay(store.neighbour(expired[0], "never-used-"), newest - 1).reset
+    assert not store.replay(expired[0], newest).reset
 
 
 def test_sweep_keeps_channels_with_updates_younger_than_the_ttl(store):
@@ -275,7 +310,14 @@ def test_watched_channels_are_delivered_live_in_ts_order(store):
         if channel != "unwatched"
     ]
     got = store.wait_delivered(len(expected))
-    assert got == expected and increasing([u.ts for u in got])
+    if len(store.servers) > 1:  # each shard delivers in its order; shards side by side
+        assert sorted(got, key=lambda u: u.ts) == sorted(expected, key=lambda u: u.ts)
+        for channel in "ab":
+            assert [u for u in got if u.channel == channel] == [
+                u for u in expected if u.channel == channel
+            ]
+    else:
+        assert got == expected and increasing([u.ts for u in got])
 
 
 def test_unwatch_stops_delivery(store):
@@ -289,7 +331,8 @@ def test_unwatch_stops_delivery(store):
 
 
 def test_unwatch_stops_delivery_at_once_even_of_updates_in_flight(store):
-    store.watch("a", "b")
+    marker = store.neighbour("a", "b")  # after a's updates on one connection
+    store.watch("a", marker)
 
     def unwatch_on_first(update: Update) -> None:
         if update.channel == "a":
@@ -297,9 +340,9 @@ def test_unwatch_stops_delivery_at_once_even_of_updates_in_flight(store):
 
     store.on_delivery = unwatch_on_first
     stamps = store.publish(item("a", 1), item("a", 2), item("a", 3))
-    (marker,) = store.publish(item("b", "marker"))
+    (last,) = store.publish(item(marker, "marker"))
     got = store.wait_delivered(2)
-    assert [(u.channel, u.ts) for u in got] == [("a", stamps[0]), ("b", marker)]
+    assert [(u.channel, u.ts) for u in got] == [("a", stamps[0]), (marker, last)]
 
 
 def test_a_batch_is_stored_all_at_once(store):
@@ -318,7 +361,7 @@ def test_a_batch_is_stored_all_at_once(store):
         )
     )
     assert list(before.updates) == []
-    assert increasing([*stamps, *single])
+    assert store.increasing_within_stores("abab" + "a", [*stamps, *single])
     assert [u.ts for u in after.updates] == [stamps[0], stamps[2], single[0]]
 
 

@@ -62,7 +62,10 @@ def test_every_option(monkeypatch):
     assert (options["history-size"], options["history-ttl"]) == (5, 1.5)
     assert options["secret"] == "k"
     assert options["public"] == ["a.*", "b"]
-    assert options["redis-args"] == {"host": "example", "port": 6380, "dbid": 2, "password": None}
+    assert options["redis"] == ["redis://example:6380/2"]
+    assert options["redis-shards"] == [
+        {"host": "example", "port": 6380, "dbid": 2, "password": None}
+    ]
 
 
 def test_secret_from_environment(monkeypatch):

@@ -1,144 +1,222 @@
-"""History in Redis (through txredisapi), shared by every node that uses the same database.
+"""History in Redis (txredisapi, hiredis), shared by every node that uses the same database.
 
 Every change to history is one Lua script, so positions (taken from Redis's
 clock, never a node's), storage, trimming and the pub/sub message that fans an
 update out to other nodes happen atomically and in ``ts`` order.
 
-Keys, under ``twistedpush:<db>:``: ``clock`` (last position), ``start`` (when
-this history began), ``forgotten`` (horizon of expired channels), ``active``
-(channels by last ``ts``), ``h:<channel>`` (sorted set of updates, scored by
-``ts``), ``z:<channel>`` (its horizon); pub/sub channel ``u:<channel>``.
+Keys: ``{twistedpush:<db>}:clock`` (last position), ``:start`` (when this history
+began), ``:forgotten`` (horizon of expired channels), ``:active`` (channels by
+last ``ts``), ``:h:<channel>`` (sorted set of updates, scored by ``ts``) and
+``:z:<channel>`` (its horizon); pub/sub channel ``twistedpush:<db>:u:<channel>``.
+Every key a script touches is passed in ``KEYS``, and all of them share the one
+hash tag ``{twistedpush:<db>}``: positions must increase across every channel of
+a store, so every publication reads and writes the store's clock together with
+its channel's keys, and a script's keys must lie in one hash slot for Redis
+Cluster and for proxies. A store is therefore one slot; spreading channels over
+servers is done by shards (``twistedpush.shards``), not by Cluster slots.
+
+Scripts are loaded once and called by SHA (``EVALSHA``); a ``NOSCRIPT`` answer
+(Redis restarted, ``SCRIPT FLUSH``) sends the script's source once more, which
+loads it again. What one reactor turn asks for goes to Redis in order, in one
+write, with neighbouring requests of the same kind merged into one script call:
+publications into one ``PUBLISH`` script, replays and positions into one ``READ``
+(a channel's replays share one snapshot).
 """
 
 from __future__ import annotations
 
+import hashlib
+from bisect import bisect_right
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import hiredis
 import txredisapi
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
-from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.defer import Deferred, DeferredList, fail, gatherResults, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from twistedpush.errors import Unavailable
 from twistedpush.history import IHistoryStore, Publication, Replay, Update
+from twistedpush.writes import write_now
 
 log = Logger()
 
+# KEYS[1..4]: clock, start, forgotten, active; channel i (from 1): KEYS[3 + 2i] its
+# updates, KEYS[4 + 2i] its horizon. ARGV[1..3]: size, ttl (µs), floor (a position
+# the clock is raised to first; CurrentTimestamp over several shards uses it).
 _PRELUDE = """
-local p = ARGV[1]
-local size = tonumber(ARGV[2])
-local ttl = tonumber(ARGV[3])
+local size = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
 local function fmt(n) return string.format('%.0f', n) end
 local t = redis.call('TIME')
 local wall = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local last = tonumber(redis.call('GET', p .. 'clock') or '0')
-local start = tonumber(redis.call('GET', p .. 'start') or '-1')
+local last = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), tonumber(ARGV[3]))
+local start = tonumber(redis.call('GET', KEYS[2]) or '-1')
 if start < 0 then
   start = math.max(wall, last)
   last = start
-  redis.call('SET', p .. 'start', fmt(start))
+  redis.call('SET', KEYS[2], fmt(start))
 end
 local cutoff = wall - ttl
 local function base_horizon()
-  return math.max(start, tonumber(redis.call('GET', p .. 'forgotten') or '0'))
+  return math.max(start, tonumber(redis.call('GET', KEYS[3]) or '0'))
 end
-local function horizon(c)
-  local z = redis.call('GET', p .. 'z:' .. c)
-  if z then return tonumber(z) end
+local function horizon(z)
+  local v = redis.call('GET', z)
+  if v then return tonumber(v) end
   return base_horizon()
 end
-local function drop_through(c, ts)
-  local z = p .. 'z:' .. c
+local function drop_through(z, ts)
   if ts > tonumber(redis.call('GET', z) or '0') then redis.call('SET', z, fmt(ts)) end
 end
-local function trim(c)
-  local h = p .. 'h:' .. c
+local function trim(h, z)
   local old = redis.call('ZREVRANGEBYSCORE', h, fmt(cutoff), '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
   if old[2] then
-    drop_through(c, tonumber(old[2]))
+    drop_through(z, tonumber(old[2]))
     redis.call('ZREMRANGEBYSCORE', h, '-inf', fmt(cutoff))
   end
   local extra = redis.call('ZCARD', h) - size
   if extra > 0 then
     local newest = redis.call('ZRANGE', h, extra - 1, extra - 1, 'WITHSCORES')
-    drop_through(c, tonumber(newest[2]))
+    drop_through(z, tonumber(newest[2]))
     redis.call('ZREMRANGEBYRANK', h, 0, extra - 1)
   end
 end
 """
 
-_PUBLISH = (
+# ARGV[4]: pub/sub prefix, ARGV[5]: channel count k, ARGV[6 .. 5 + k]: channel names,
+# then (channel number, name, data) per update. Answers the positions, in order.
+# An update that the size bound would drop at once (more than ``size`` of one channel
+# in the batch) is published but not stored: only the horizon moves past it.
+_PUBLISH_SOURCE = (
     _PRELUDE
     + """
-local out = {}
-local n = tonumber(ARGV[4])
-for i = 0, n - 1 do
-  local c, name, data = ARGV[5 + 3 * i], ARGV[6 + 3 * i], ARGV[7 + 3 * i]
-  if redis.call('EXISTS', p .. 'z:' .. c) == 0 then
-    redis.call('SET', p .. 'z:' .. c, fmt(base_horizon()))
+local prefix = ARGV[4]
+local k = tonumber(ARGV[5])
+local first = 6 + k
+local left = {}
+for c = 1, k do
+  left[c] = 0
+  if redis.call('EXISTS', KEYS[4 + 2 * c]) == 0 then
+    redis.call('SET', KEYS[4 + 2 * c], fmt(base_horizon()))
   end
+end
+for at = first, #ARGV, 3 do
+  local c = tonumber(ARGV[at])
+  left[c] = left[c] + 1
+end
+local newest, dropped, out = {}, {}, {}
+local i = 0
+for at = first, #ARGV, 3 do
+  local c = tonumber(ARGV[at])
   local ts = math.max(wall, last + 1)
   last = ts
-  local entry = fmt(ts) .. '\\n' .. name .. '\\n' .. data
-  redis.call('ZADD', p .. 'h:' .. c, fmt(ts), entry)
-  trim(c)
-  redis.call('ZADD', p .. 'active', fmt(ts), c)
-  redis.call('PUBLISH', p .. 'u:' .. c, entry)
-  out[i + 1] = fmt(ts)
+  local t = fmt(ts)
+  local entry = t .. '\\n' .. ARGV[at + 1] .. '\\n' .. ARGV[at + 2]
+  if left[c] > size then
+    dropped[c] = ts
+  else
+    redis.call('ZADD', KEYS[3 + 2 * c], t, entry)
+  end
+  left[c] = left[c] - 1
+  redis.call('PUBLISH', prefix .. ARGV[5 + c], entry)
+  newest[c] = t
+  i = i + 1
+  out[i] = t
 end
-redis.call('SET', p .. 'clock', fmt(last))
+for c, t in pairs(newest) do
+  if dropped[c] then drop_through(KEYS[4 + 2 * c], dropped[c]) end
+  trim(KEYS[3 + 2 * c], KEYS[4 + 2 * c])
+  redis.call('ZADD', KEYS[4], t, ARGV[5 + c])
+end
+redis.call('SET', KEYS[1], fmt(last))
 return out
 """
 )
 
-_REPLAY = (
-    _PRELUDE
-    + """
-local c, since = ARGV[4], ARGV[5]
-local now = math.max(wall, last)
-redis.call('SET', p .. 'clock', fmt(now))
-if since == '' then return {fmt(now), 0, {}} end
-since = tonumber(since)
-trim(c)
-if since < horizon(c) then return {fmt(now), 1, {}} end
-return {fmt(now), 0, redis.call('ZRANGEBYSCORE', p .. 'h:' .. c, '(' .. fmt(since), '+inf')}
-"""
-)
-
-_NOW = (
+# ARGV[4..]: the since of each channel. Answers now, then per channel its horizon and
+# its updates after max(since, horizon).
+_READ_SOURCE = (
     _PRELUDE
     + """
 local now = math.max(wall, last)
-redis.call('SET', p .. 'clock', fmt(now))
-return fmt(now)
+redis.call('SET', KEYS[1], fmt(now))
+local out = {fmt(now)}
+for c = 1, #ARGV - 3 do
+  local h, z = KEYS[3 + 2 * c], KEYS[4 + 2 * c]
+  trim(h, z)
+  local hz = horizon(z)
+  out[2 * c] = fmt(hz)
+  out[2 * c + 1] = redis.call(
+    'ZRANGEBYSCORE', h, '(' .. fmt(math.max(tonumber(ARGV[3 + c]), hz)), '+inf')
+end
+return out
 """
 )
 
-_SWEEP = (
+# ARGV[4]: how many. Channels whose last update is past the ttl: candidates for _SWEEP.
+_EXPIRED_SOURCE = (
     _PRELUDE
     + """
-local gone = redis.call('ZRANGEBYSCORE', p .. 'active', '-inf', fmt(cutoff), 'LIMIT', 0, ARGV[4])
-local forgotten = tonumber(redis.call('GET', p .. 'forgotten') or '0')
-for _, c in ipairs(gone) do
-  trim(c)
-  if redis.call('ZCARD', p .. 'h:' .. c) == 0 then
-    forgotten = math.max(forgotten, horizon(c))
-    redis.call('DEL', p .. 'z:' .. c, p .. 'h:' .. c)
-    redis.call('ZREM', p .. 'active', c)
+return redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', fmt(cutoff), 'LIMIT', 0, ARGV[4])
+"""
+)
+
+# ARGV[4..]: channel names. Forgets those whose whole history expired.
+_SWEEP_SOURCE = (
+    _PRELUDE
+    + """
+local forgotten = tonumber(redis.call('GET', KEYS[3]) or '0')
+for c = 1, #ARGV - 3 do
+  local h, z = KEYS[3 + 2 * c], KEYS[4 + 2 * c]
+  trim(h, z)
+  if redis.call('ZCARD', h) == 0 then
+    forgotten = math.max(forgotten, horizon(z))
+    redis.call('DEL', h, z)
+    redis.call('ZREM', KEYS[4], ARGV[3 + c])
   end
 end
-redis.call('SET', p .. 'forgotten', fmt(forgotten))
-return #gone
+redis.call('SET', KEYS[3], fmt(forgotten))
+return #ARGV - 3
 """
 )
 
+
+class Script:
+    """A Lua script called by its SHA; its source goes to Redis only when Redis does not
+    have it (``NOSCRIPT``): ``EVAL`` runs it and loads it for every later ``EVALSHA``."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source.encode()
+        self.sha = hashlib.sha1(self.source).hexdigest()
+
+    def run(self, connection: Any, keys: list[str], args: list[Any]) -> Deferred:
+        d = connection.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+        return d.addErrback(self._not_loaded, connection, keys, args)
+
+    def _not_loaded(self, failure: Any, connection: Any, keys: list[str], args: list[Any]) -> Any:
+        if failure.check(txredisapi.ResponseError) and str(failure.value).startswith("NOSCRIPT"):
+            log.info("Redis had no script {sha}: sending it again", sha=self.sha)
+            return connection.execute_command("EVAL", self.source, len(keys), *keys, *args)
+        return failure
+
+
+_PUBLISH = Script(_PUBLISH_SOURCE)
+_READ = Script(_READ_SOURCE)
+_EXPIRED = Script(_EXPIRED_SOURCE)
+_SWEEP = Script(_SWEEP_SOURCE)
+_SCRIPTS = (_PUBLISH, _READ, _EXPIRED, _SWEEP)
 
 _SWEEP_BATCH = 1000
 """Channels one sweep script forgets at most: Redis serves no other client while it runs."""
+
+_MERGE_LIMIT = 1000
+"""Updates merged into one publishing script at most (Redis serves no one else meanwhile)."""
 
 
 def _parse_entry(channel: str, entry: str) -> Update:
@@ -146,13 +224,183 @@ def _parse_entry(channel: str, entry: str) -> Update:
     return Update.create(channel, int(ts), name or None, data)
 
 
+class _Reader:
+    """hiredis's reply parser, answers decoded as UTF-8 in C (txredisapi decodes in Python)."""
+
+    def __init__(self) -> None:
+        self._reader = hiredis.Reader(
+            protocolError=txredisapi.InvalidData,
+            replyError=txredisapi.ResponseError,
+            encoding="utf-8",
+        )
+        self.feed = self._reader.feed
+        self.gets = self._reader.gets
+
+
+def encode_command(args: Sequence[Any]) -> bytes:
+    """One command in Redis's protocol: an array of bulk strings."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+class _Commands(txredisapi.HiredisProtocol):
+    """The node's command connection.
+
+    Each command is written at once, straight to the socket when Twisted holds
+    nothing unsent for it (``write_now``: no wait for the next reactor turn), every
+    answer one read holds is handed over in that read, and one timer per connection,
+    not one per command, notices a Redis that stops answering (the connection is
+    then dropped, and every waiting command fails).
+    """
+
+    factory: _CommandFactory
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reader = _Reader()
+        self._waiting: deque[Deferred] = deque()
+        self._progress = 0.0
+        self._watchdog: IDelayedCall | None = None
+
+    @property
+    def pending(self) -> int:
+        """Commands sent and not answered yet."""
+        return len(self._waiting)
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Deferred:
+        """Send one command (txredisapi's AUTH and SELECT too); fire with its answer."""
+        if not self.connected:
+            raise txredisapi.ConnectionError("Not connected")
+        d: Deferred = Deferred()
+        if not self._waiting:
+            self._progress = self.factory.reactor.seconds()
+        self._waiting.append(d)
+        write_now(self.transport, encode_command(args))
+        if self._watchdog is None and self.replyTimeout:
+            self._watchdog = self.factory.reactor.callLater(self.replyTimeout, self._check)
+        return d
+
+    def _check(self) -> None:
+        self._watchdog = None
+        if not self._waiting:
+            return
+        quiet = self.factory.reactor.seconds() - self._progress
+        if quiet >= self.replyTimeout:
+            log.warn("Redis answered nothing for {quiet:.1f} s: reconnecting", quiet=quiet)
+            self.transport.abortConnection()
+        else:
+            self._watchdog = self.factory.reactor.callLater(self.replyTimeout - quiet, self._check)
+
+    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+        reader = self._reader
+        reader.feed(data)
+        waiting = self._waiting
+        reply = reader.gets()
+        if reply is not False:
+            self._progress = self.factory.reactor.seconds()
+        while reply is not False:
+            if waiting:
+                d = waiting.popleft()
+                if isinstance(reply, Exception):
+                    d.errback(reply)
+                else:
+                    d.callback(reply)
+            reply = reader.gets()
+
+    def connectionLost(self, why: Any = None) -> None:
+        super().connectionLost(why)
+        if self._watchdog is not None and self._watchdog.active():
+            self._watchdog.cancel()
+        self._watchdog = None
+        waiting, self._waiting = self._waiting, deque()
+        for d in waiting:
+            d.errback(txredisapi.ConnectionError("Lost connection"))
+
+
+class _CommandFactory(txredisapi.RedisFactory):
+    protocol = _Commands
+
+    def __init__(self, store: RedisHistory, dbid: int, password: str | None, timeout: float):
+        super().__init__(
+            store.address, dbid, 1, isLazy=True, password=password, replyTimeout=timeout,
+            convertNumbers=False,
+        )  # fmt: skip
+        self.store = store
+        self.reactor = store.reactor
+
+    def addConnection(self, conn: _Commands) -> None:
+        super().addConnection(conn)
+        if conn.connected and conn in self.pool:
+            self.store.commands_up(conn)
+
+    def delConnection(self, conn: _Commands) -> None:
+        super().delConnection(conn)
+        self.store.commands_down(conn)
+
+
+class _Subscription:
+    """A channel's SUBSCRIBE on its way: who waits for it, and whether the channel is
+    to be resynced once it is confirmed (after the pub/sub connection was lost)."""
+
+    __slots__ = ("resync", "waiters")
+
+    def __init__(self, resync: bool) -> None:
+        self.waiters: list[Deferred] = []
+        self.resync = resync
+
+
 class _Listener(txredisapi.SubscriberProtocol):
-    """The node's one pub/sub connection; it reports to its store."""
+    """The node's one pub/sub connection.
 
-    store: RedisHistory
+    Every message one read of the socket holds is delivered in that read, so the
+    hub sees them all in one reactor turn and each WebSocket is written once for
+    them (txredisapi's own parser hands over one message per turn). Confirmations
+    are matched to the SUBSCRIBE commands in the order they were sent: one command
+    subscribes many channels.
+    """
 
-    def messageReceived(self, pattern: Any, channel: str, message: str) -> None:
-        self.factory.store.received(channel, message)
+    factory: _ListenerFactory
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reader = _Reader()
+        self._pending: deque[deque[tuple[str, _Subscription]]] = deque()
+
+    def subscribe_many(self, prefix: str, subscriptions: list[tuple[str, _Subscription]]) -> None:
+        self._pending.append(deque(subscriptions))
+        names = [prefix + channel for channel, _ in subscriptions]
+        self.transport.write(self._build_command("SUBSCRIBE", *names))
+
+    def unsubscribe_many(self, prefix: str, channels: list[str]) -> None:
+        self.transport.write(self._build_command("UNSUBSCRIBE", *(prefix + c for c in channels)))
+
+    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+        reader = self._reader
+        reader.feed(data)
+        store = self.factory.store
+        reply = reader.gets()
+        while reply is not False:
+            if type(reply) is list:
+                kind = reply[0]
+                if kind == "message":
+                    store.received(reply[1], reply[2])
+                elif kind == "subscribe":
+                    self._confirmed()
+            elif self._pending and isinstance(reply, Exception):
+                store.refused(list(self._pending.popleft()), reply)
+            else:
+                self.replyReceived(reply)  # AUTH's answer while connecting
+            reply = reader.gets()
+
+    def _confirmed(self) -> None:
+        first = self._pending[0]
+        channel, subscription = first.popleft()
+        if not first:
+            self._pending.popleft()
+        self.factory.store.confirmed(channel, subscription)
 
 
 class _ListenerFactory(txredisapi.SubscriberFactory):
@@ -166,12 +414,16 @@ class _ListenerFactory(txredisapi.SubscriberFactory):
 
     def addConnection(self, conn: _Listener) -> None:
         super().addConnection(conn)
-        if conn.connected:
+        if conn.connected and conn in self.pool:
             self.store.listener_up(conn)
 
     def delConnection(self, conn: _Listener) -> None:
         super().delConnection(conn)
         self.store.listener_down()
+
+
+_PUBLISH_OP = 0
+_READ_OP = 1
 
 
 @implementer(IHistoryStore)
@@ -182,6 +434,9 @@ class RedisHistory:
     so every update after the snapshot reaches this node live. When the pub/sub
     connection comes back after a loss, every watched channel is handed to the
     hub's ``on_resync`` so that what was published meanwhile is read from history.
+
+    ``prepare``, when set (shards set it), runs each time the command connection is
+    (re)established, before the store takes requests: a shard raises its clock there.
     """
 
     def __init__(
@@ -197,8 +452,14 @@ class RedisHistory:
         timeout: float = 5,
         sweep_budget: float = 1,
     ) -> None:
-        self._reactor = reactor
-        self._args = [f"twistedpush:{dbid}:", str(size), str(int(ttl * 1_000_000))]
+        self._reactor = self.reactor = reactor
+        self.address = f"{host}:{port}/{dbid}"
+        """Where this store is, for logs, /health and /metrics (never the password)."""
+        self._limits = [str(size), str(int(ttl * 1_000_000))]
+        tag = f"{{twistedpush:{dbid}}}:"
+        self._shared_keys = [tag + "clock", tag + "start", tag + "forgotten", tag + "active"]
+        self._history_key, self._horizon_key = tag + "h:", tag + "z:"
+        self._pubsub_prefix = f"twistedpush:{dbid}:u:"
         self._host, self._port, self._dbid, self._password = host, port, dbid, password
         self._timeout = timeout
         self._sweeper = LoopingCall(self.sweep)
@@ -207,11 +468,17 @@ class RedisHistory:
         self._sweep_budget = sweep_budget
         self._on_update: Callable[[Update], None] = lambda update: None
         self._on_resync: Callable[[str], None] = lambda channel: None
-        self._commands: Any = None
-        self._listener_factory: _ListenerFactory | None = None
+        self.prepare: Callable[[], Deferred] | None = None
+        self._factories: list[Any] = []
+        self._connection: _Commands | None = None
+        self._open = False
         self._listener: _Listener | None = None
-        self._watched: dict[str, list[Deferred] | bool | None] = {}
-        self._pubsub_prefix = self._args[0] + "u:"
+        self._watched: dict[str, _Subscription | bool | None] = {}
+        self._ops: list[tuple] = []
+        self._subscribing: list[tuple[str, _Subscription | None]] = []
+        self._flush_call: IDelayedCall | None = None
+        self.pubsub_losses = 0
+        """Times the pub/sub connection was lost (each return resyncs every watched channel)."""
 
     # Lifecycle
 
@@ -222,19 +489,12 @@ class RedisHistory:
     ) -> Deferred:
         self._on_update = on_update
         self._on_resync = on_resync
-        self._commands = txredisapi.lazyConnection(
-            self._host,
-            self._port,
-            self._dbid,
-            password=self._password,
-            connectTimeout=self._timeout,
-            replyTimeout=self._timeout,
-            convertNumbers=False,
-        )
-        self._listener_factory = _ListenerFactory(self, self._password)
-        for factory in (self._commands._factory, self._listener_factory):
+        commands = _CommandFactory(self, self._dbid, self._password, self._timeout)
+        listener = _ListenerFactory(self, self._password)
+        self._factories = [commands, listener]
+        for factory in self._factories:
             factory.initialDelay, factory.maxDelay = 0.2, 2  # be back soon after Redis is
-        self._listener_factory.startConnecting(self._endpoint())
+            factory.startConnecting(self._endpoint())
         self._sweeper.start(self._sweep_interval, now=False)
         return succeed(None)
 
@@ -245,68 +505,242 @@ class RedisHistory:
     def stop(self) -> Deferred:
         if self._sweeper.running:
             self._sweeper.stop()
-        pending = []
-        if self._listener_factory is not None:
-            pending.append(self._listener_factory.disconnect())
-        if self._commands is not None:
-            pending.append(self._commands.disconnect())
-        return DeferredList(pending, consumeErrors=True)
+        return DeferredList([f.disconnect() for f in self._factories], consumeErrors=True)
 
-    # Scripts
+    # The command connection
 
-    def _run(self, script: str, *args: str) -> Deferred:
-        if self._commands is None or not self._commands._factory.size:
-            return fail(Unavailable("Redis is not connected"))
-        d = self._commands.eval(script, [], [*self._args, *args])
-        return d.addErrback(self._unavailable)
+    def commands_up(self, connection: _Commands) -> None:
+        """Load the scripts (and let ``prepare`` run) before taking requests: a script
+        loaded by its first use would be sent as ``EVAL`` and could run after a request
+        asked for later that found its own script loaded."""
+        self._connection = connection
+        try:
+            loading = [connection.execute_command("SCRIPT", "LOAD", s.source) for s in _SCRIPTS]
+        except txredisapi.ConnectionError:
+            return  # lost already: commands_down follows
+        ready = gatherResults(loading, consumeErrors=True)
+        prepare = self.prepare
+        if prepare is not None:
+            ready.addCallback(lambda _: prepare())
+        ready.addCallbacks(
+            self._prepared,
+            self._not_prepared,
+            callbackArgs=(connection,),
+            errbackArgs=(connection,),
+        )
 
-    @staticmethod
-    def _unavailable(failure: Any) -> Any:
-        if failure.check(Unavailable):
-            return failure
-        log.failure("Redis command failed", failure)
-        raise Unavailable(f"Redis failed: {failure.getErrorMessage()}")
+    def _prepared(self, _: object, connection: _Commands) -> None:
+        if self._connection is connection:
+            log.info("Redis {address}: connected", address=self.address)
+            self._open = True
 
-    def publish(self, items: Sequence[Publication]) -> Deferred:
-        args = [str(len(items))]
-        for channel, name, data in items:
-            args += [channel, name or "", data]
-        return self._run(_PUBLISH, *args).addCallback(lambda stamps: [int(s) for s in stamps])
+    def _not_prepared(self, failure: Any, connection: _Commands) -> None:
+        log.info(
+            "Redis {address}: not ready ({error}); trying again",
+            address=self.address,
+            error=failure.getErrorMessage(),
+        )
+        self._reactor.callLater(0.5, self._prepare_again, connection)
 
-    def replay(self, channel: str, since: int | None) -> Deferred:
-        return (
-            self._when_subscribed(channel)
-            .addCallback(lambda _: self._run(_REPLAY, channel, "" if since is None else str(since)))
-            .addCallback(self._replayed, channel)
+    def _prepare_again(self, connection: _Commands) -> None:
+        if self._connection is connection and not self._open:
+            self.commands_up(connection)
+
+    def commands_down(self, connection: _Commands) -> None:
+        if self._connection is connection:
+            self._connection = None
+            self._open = False
+
+    @property
+    def accepting(self) -> bool:
+        """Whether publications and replays are taken now (the command connection is up)."""
+        return self._open
+
+    # Requests: queued during the turn, sent at its end
+
+    def _queue(self, op: tuple) -> None:
+        """Send ``op`` at once if Redis has nothing of ours to answer (a lone request
+        waits for nothing), else with the rest of this turn's requests."""
+        connection = self._connection
+        if not self._ops and connection is not None and not connection.pending:
+            self._send(connection, [op])
+            return
+        self._ops.append(op)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._flush_call is None:
+            self._flush_call = self._reactor.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        ops, self._ops = self._ops, []
+        subscribing, self._subscribing = self._subscribing, []
+        if subscribing and self._listener is not None:
+            self._send_subscriptions(self._listener, subscribing)
+        connection = self._connection
+        if connection is None or not connection.connected:
+            error = Unavailable("Redis is not connected")
+            for op in ops:
+                op[-1].errback(error)
+            return
+        self._send(connection, ops)
+
+    def _send(self, connection: _Commands, ops: list[tuple]) -> None:
+        """``ops`` in order, each run of neighbours of one kind in one script."""
+        first = 0
+        while first < len(ops):
+            kind = ops[first][0]
+            end = first + 1
+            if kind == _PUBLISH_OP:
+                count = len(ops[first][1])
+                while end < len(ops) and ops[end][0] == kind and count < _MERGE_LIMIT:
+                    count += len(ops[end][1])
+                    end += 1
+                self._send_publish(connection, ops[first:end])
+            else:
+                while end < len(ops) and ops[end][0] == kind:
+                    end += 1
+                self._send_read(connection, ops[first:end])
+            first = end
+
+    def _keys_of(self, channels: Sequence[str]) -> list[str]:
+        keys = list(self._shared_keys)
+        history, horizon = self._history_key, self._horizon_key
+        for channel in channels:
+            keys += (history + channel, horizon + channel)
+        return keys
+
+    def _send_publish(self, connection: _Commands, ops: list[tuple]) -> None:
+        numbers: dict[str, int] = {}
+        entries: list[Any] = []
+        for _, items, _ in ops:
+            for channel, name, data in items:
+                number = numbers.get(channel)
+                if number is None:
+                    number = numbers[channel] = len(numbers) + 1
+                entries += (number, name or "", data)
+        names = list(numbers)
+        args = [*self._limits, 0, self._pubsub_prefix, len(names), *names, *entries]
+        self._run(connection, _PUBLISH, self._keys_of(names), args).addCallbacks(
+            self._published, self._failed, callbackArgs=(ops,), errbackArgs=(ops,)
         )
 
     @staticmethod
-    def _replayed(result: list, channel: str) -> Replay:
-        now, reset, entries = result
-        return Replay([_parse_entry(channel, e) for e in entries], bool(int(reset)), int(now))
+    def _published(stamps: list[str], ops: list[tuple]) -> None:
+        at = 0
+        for _, items, d in ops:
+            d.callback([int(ts) for ts in stamps[at : at + len(items)]])
+            at += len(items)
+
+    def _failed(self, failure: Any, ops: list[tuple]) -> None:
+        error = self._unavailable(failure)
+        for op in ops:
+            op[-1].errback(error)
+
+    def _send_read(self, connection: _Commands, ops: list[tuple]) -> None:
+        floor = 0
+        since_of: dict[str, int] = {}
+        for _, channel, since, op_floor, _ in ops:
+            floor = max(floor, op_floor)
+            if since is not None:
+                since_of[channel] = min(since, since_of.get(channel, since))
+        channels = list(since_of)
+        args = [*self._limits, floor, *since_of.values()]
+        self._run(connection, _READ, self._keys_of(channels), args).addCallbacks(
+            self._read, self._failed, callbackArgs=(ops, channels), errbackArgs=(ops,)
+        )
+
+    @staticmethod
+    def _read(result: list, ops: list[tuple], channels: list[str]) -> None:
+        now = int(result[0])
+        snapshots = {}
+        for index, channel in enumerate(channels):
+            updates = [_parse_entry(channel, entry) for entry in result[2 + 2 * index]]
+            stamps = [update.ts for update in updates]
+            snapshots[channel] = (int(result[1 + 2 * index]), updates, stamps)
+        for _, channel, since, _, d in ops:
+            if channel is None:
+                d.callback(now)
+            elif since is None:
+                d.callback(Replay((), False, now))
+            else:
+                horizon, updates, stamps = snapshots[channel]
+                if since < horizon:
+                    d.callback(Replay((), True, now))
+                else:
+                    d.callback(Replay(updates[bisect_right(stamps, since) :], False, now))
+
+    def _run(self, connection: _Commands, script: Script, keys: list[str], args: list) -> Deferred:
+        try:
+            return script.run(connection, keys, args)
+        except txredisapi.ConnectionError as e:
+            return fail(Unavailable(f"Redis {self.address}: {e}"))
+
+    def _unavailable(self, failure: Any) -> Unavailable:
+        if failure.check(Unavailable):
+            return failure.value
+        if not failure.check(txredisapi.ConnectionError):
+            log.failure("Redis {address}: command failed", failure, address=self.address)
+        return Unavailable(f"Redis {self.address} failed: {failure.getErrorMessage()}")
+
+    def _ask(self, op: tuple) -> Deferred:
+        if not self._open:
+            return fail(Unavailable(f"Redis {self.address} is not connected"))
+        self._queue(op)
+        return op[-1]
+
+    def publish(self, items: Sequence[Publication]) -> Deferred:
+        return self._ask((_PUBLISH_OP, items, Deferred()))
+
+    def replay(self, channel: str, since: int | None) -> Deferred:
+        return self._when_subscribed(channel).addCallback(
+            lambda _: self._ask((_READ_OP, channel, since, 0, Deferred()))
+        )
 
     def now(self) -> Deferred:
-        return self._run(_NOW).addCallback(int)
+        return self._ask((_READ_OP, None, None, 0, Deferred()))
+
+    def raise_to(self, floor: int) -> Deferred:
+        """Raise this store's clock to at least ``floor``; fire with its position then.
+        Shards call it while preparing too, before the store takes other requests."""
+        if self._connection is None:
+            return fail(Unavailable(f"Redis {self.address} is not connected"))
+        op: tuple = (_READ_OP, None, None, floor, Deferred())
+        self._queue(op)
+        return op[-1]
 
     def sweep(self) -> Deferred:
         """Forget channels whose whole history expired, every one of them: one batch per
         script, so that Redis serves other clients in between, repeated while batches
         come back full, for ``sweep_budget`` seconds at most (the rest waits for the
-        next sweep)."""
+        next sweep). The candidates are read first, so that the script that forgets
+        them is given every key it touches."""
         deadline = self._reactor.seconds() + self._sweep_budget
 
-        def batch() -> Deferred:
-            return self._run(_SWEEP, str(_SWEEP_BATCH)).addCallback(swept)
+        def script(which: Script, channels: list[str], *args: Any) -> Deferred:
+            connection = self._connection
+            if connection is None:
+                return fail(Unavailable(f"Redis {self.address} is not connected"))
+            return self._run(connection, which, self._keys_of(channels), [*self._limits, 0, *args])
 
-        def swept(count: int) -> Deferred | None:
+        def batch() -> Deferred:
+            return script(_EXPIRED, [], _SWEEP_BATCH).addCallback(forget)
+
+        def forget(channels: list[str]) -> Deferred | None:
+            if not channels:
+                return None
+            return script(_SWEEP, channels, *channels).addCallback(swept)
+
+        def swept(count: str) -> Deferred | None:
             if int(count) == _SWEEP_BATCH and self._reactor.seconds() < deadline:
                 return batch()
             return None
 
         return batch().addErrback(lambda failure: None)
 
-    # Pub/sub: ``_watched[channel]`` is True once subscribed, a list of waiting
-    # Deferreds while the subscription is on its way, None while disconnected.
+    # Pub/sub: ``_watched[channel]`` is True once subscribed, a _Subscription while
+    # its SUBSCRIBE is on the way, None while disconnected.
 
     def watch(self, channel: str) -> None:
         self._watched[channel] = None
@@ -315,10 +749,38 @@ class RedisHistory:
 
     def unwatch(self, channel: str) -> None:
         state = self._watched.pop(channel)
-        if isinstance(state, list):
-            self._release(state, Unavailable("unsubscribed"))
+        if isinstance(state, _Subscription):
+            self._release(state.waiters, Unavailable("unsubscribed"))
         if self._listener is not None:
-            self._listener.unsubscribe(self._pubsub_prefix + channel)
+            self._subscribing.append((channel, None))
+            self._schedule()
+
+    def _subscribe(self, channel: str, resync: bool) -> None:
+        subscription = _Subscription(resync)
+        self._watched[channel] = subscription
+        self._subscribing.append((channel, subscription))
+        self._schedule()
+
+    def _send_subscriptions(
+        self, listener: _Listener, requests: list[tuple[str, _Subscription | None]]
+    ) -> None:
+        """SUBSCRIBE and UNSUBSCRIBE in the order asked, each run of one kind in one
+        command; a subscription replaced or ended meanwhile is not sent."""
+        watched = self._watched
+        first = 0
+        while first < len(requests):
+            subscribing = requests[first][1] is not None
+            end = first
+            while end < len(requests) and (requests[end][1] is not None) == subscribing:
+                end += 1
+            run = requests[first:end]
+            if subscribing:
+                current = [(c, s) for c, s in run if s is not None and watched.get(c) is s]
+                if current:
+                    listener.subscribe_many(self._pubsub_prefix, current)
+            else:
+                listener.unsubscribe_many(self._pubsub_prefix, [c for c, _ in run])
+            first = end
 
     def _when_subscribed(self, channel: str) -> Deferred:
         if channel not in self._watched:
@@ -326,42 +788,33 @@ class RedisHistory:
         state = self._watched[channel]
         if state is True:
             return succeed(None)
-        if isinstance(state, list):
+        if isinstance(state, _Subscription):
             waiter: Deferred = Deferred()
-            state.append(waiter)
+            state.waiters.append(waiter)
             return waiter
-        return fail(Unavailable("Redis pub/sub is not connected"))
+        return fail(Unavailable(f"Redis {self.address}: pub/sub is not connected"))
 
-    def _subscribe(self, channel: str, resync: bool) -> None:
-        assert self._listener is not None
-        waiters: list[Deferred] = []
-        self._watched[channel] = waiters
+    def confirmed(self, channel: str, subscription: _Subscription) -> None:
+        """Redis confirmed ``subscription``: its channel's updates reach this node now."""
+        if self._watched.get(channel) is subscription:
+            self._watched[channel] = True
+            self._release(subscription.waiters, None)
+            if subscription.resync:
+                self._on_resync(channel)
 
-        def subscribed(_: object) -> None:
-            if self._watched.get(channel) is waiters:
-                self._watched[channel] = True
-                self._release(waiters, None)
-                if resync:
-                    self._on_resync(channel)
+    def refused(self, subscriptions: list[tuple[str, _Subscription]], error: Exception) -> None:
+        """A SUBSCRIBE was answered with an error: Redis does so while it is still loading
+        its data after a restart. Ask again on this connection (the waiters wait)."""
+        log.info("Redis {address}: subscribing failed, retrying: {error}", address=self.address,
+                 error=error)  # fmt: skip
+        self._reactor.callLater(0.25, self._retry, self._listener, subscriptions)
 
-        def failed(failure: Any) -> None:
-            log.info(
-                "subscribing {channel} failed, retrying: {error}",
-                channel=channel,
-                error=failure.getErrorMessage(),
-            )
-            # Redis answers errors while it is still loading its data after a restart:
-            # keep asking on this connection (the waiters wait with us).
-            if self._watched.get(channel) is waiters and self._listener is listener:
-                self._reactor.callLater(0.25, retry)
-
-        def retry() -> None:
-            if self._watched.get(channel) is waiters and self._listener is listener:
-                listener.subscribe(redis_channel).addCallbacks(subscribed, failed)
-
-        listener = self._listener
-        redis_channel = self._pubsub_prefix + channel
-        listener.subscribe(redis_channel).addCallbacks(subscribed, failed)
+    def _retry(self, listener: _Listener, subscriptions: list[tuple[str, _Subscription]]) -> None:
+        if self._listener is listener:
+            for channel, subscription in subscriptions:
+                if self._watched.get(channel) is subscription:
+                    self._subscribing.append((channel, subscription))
+            self._schedule()
 
     @staticmethod
     def _release(waiters: list[Deferred], error: Exception | None) -> None:
@@ -374,32 +827,45 @@ class RedisHistory:
     def received(self, redis_channel: str, entry: str) -> None:
         """Deliver an update of a watched channel; messages still in flight when the
         channel was unwatched (Redis has not read the UNSUBSCRIBE yet) are dropped."""
-        channel = redis_channel.removeprefix(self._pubsub_prefix)
+        channel = redis_channel[len(self._pubsub_prefix) :]
         if channel in self._watched:
             self._on_update(_parse_entry(channel, entry))
 
     def listener_up(self, listener: _Listener) -> None:
-        """(Re)subscribe every watched channel; after a loss, have each one resynced."""
-        log.info("Redis pub/sub connected; subscribing {n} channels", n=len(self._watched))
+        """(Re)subscribe every watched channel, in one command; after a loss, have each
+        one resynced."""
+        log.info("Redis {address}: pub/sub connected; subscribing {n} channels",
+                 address=self.address, n=len(self._watched))  # fmt: skip
         self._listener = listener
         for channel in list(self._watched):
             self._subscribe(channel, resync=True)
 
     def listener_down(self) -> None:
-        log.info("Redis pub/sub connection lost")
+        log.info("Redis {address}: pub/sub connection lost", address=self.address)
+        if self._listener is not None:
+            self.pubsub_losses += 1
         self._listener = None
+        self._subscribing = []
         for channel, state in list(self._watched.items()):
             self._watched[channel] = None
-            if isinstance(state, list):
-                self._release(state, Unavailable("Redis pub/sub connection lost"))
+            if isinstance(state, _Subscription):
+                self._release(state.waiters, Unavailable("Redis pub/sub connection lost"))
 
     def healthy(self) -> bool:
-        commands = self._commands._factory.size if self._commands is not None else 0
-        return bool(commands and self._listener is not None)
+        return self._open and self._listener is not None
+
+    def shard_stats(self) -> dict:
+        return {
+            "address": self.address,
+            "connected": self.healthy(),
+            "watched_channels": len(self._watched),
+            "pubsub_losses": self.pubsub_losses,
+        }
 
     def stats(self) -> dict:
         return {
             "store": "redis",
             "redis_connected": self.healthy(),
             "watched_channels": len(self._watched),
+            "shards": [{"shard": 0, **self.shard_stats()}],
         }

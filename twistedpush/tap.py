@@ -10,6 +10,8 @@ from importlib import metadata
 from typing import Any
 from urllib.parse import urlsplit
 
+from autobahn.wamp.exception import InvalidUriError
+from autobahn.wamp.message import check_or_raise_uri
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import endpoints
@@ -105,6 +107,7 @@ class Options(usage.Options):
             "Key publishers must present (default: environment SERVERPUSH_PUBLISHER_KEY).",
         ],
         ["request-timeout", None, "30", "Seconds a request's line, headers and body may take."],
+        ["wamp-realm", None, "serverpush", "The WAMP realm served on /ws (wamp.2.json)."],
     ]
 
     def __init__(self) -> None:
@@ -112,6 +115,7 @@ class Options(usage.Options):
         self["public"] = []
         self["allowed-origin"] = []
         self["trusted-proxy"] = []
+        self["redis-shards"] = []
 
     def opt_version(self) -> None:
         """Print twistedpush's version and exit."""
@@ -126,6 +130,18 @@ class Options(usage.Options):
         """Page origins allowed to connect, e.g. 'https://*.example.com' (repeatable;
         default: any)."""
         self["allowed-origin"].append(glob)
+
+    def opt_redis(self, url: str) -> None:
+        """Redis history and fan-out, redis://host:port/db (default: memory); repeated,
+        one shard each: every node lists the same URLs in the same order."""
+        if url in (self["redis"] or []):
+            raise usage.UsageError(f"--redis {url!r} is given twice")
+        try:
+            args = parse_redis_url(url)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        self["redis"] = [*(self["redis"] or []), url]
+        self["redis-shards"].append(args)
 
     def opt_trusted_proxy(self, cidr: str) -> None:
         """A proxy (address or CIDR) whose X-Forwarded-For names the client (repeatable)."""
@@ -158,6 +174,11 @@ class Options(usage.Options):
         _number(self, "history-ttl", float)
         _number(self, "shutdown-timeout", float)
         _number(self, "request-timeout", float)
+        try:
+            check_or_raise_uri(self["wamp-realm"])
+        except InvalidUriError:
+            realm = self["wamp-realm"]
+            raise usage.UsageError(f"--wamp-realm must be a WAMP URI, got {realm!r}") from None
         for key in ("port", "notifier"):
             try:
                 endpoints.serverFromString(reactor, self[key])
@@ -170,11 +191,6 @@ class Options(usage.Options):
         self["publisher-key"] = (
             self["publisher-key"] or os.environ.get("SERVERPUSH_PUBLISHER_KEY") or None
         )
-        if self["redis"] is not None:
-            try:
-                self["redis-args"] = parse_redis_url(self["redis"])
-            except ValueError as e:
-                raise usage.UsageError(str(e)) from None
 
 
 class HubService(service.Service):
@@ -202,10 +218,13 @@ class HubService(service.Service):
 def make_store(options: Options, reactor: IReactorTime) -> IHistoryStore:
     if options["redis"] is not None:
         from twistedpush.redis_history import RedisHistory
+        from twistedpush.shards import ShardedHistory
 
-        return RedisHistory(
-            reactor, options["history-size"], options["history-ttl"], **options["redis-args"]
-        )
+        shards = [
+            RedisHistory(reactor, options["history-size"], options["history-ttl"], **args)
+            for args in options["redis-shards"]
+        ]
+        return shards[0] if len(shards) == 1 else ShardedHistory(shards)
     return MemoryHistory(reactor, options["history-size"], options["history-ttl"])
 
 
@@ -316,7 +335,9 @@ def build_service(options: Options, reactor: IReactorTime) -> NodeService:
     )
     top = NodeService(hub)
     HubService(hub, options["shutdown-timeout"]).setServiceParent(top)
-    site = make_site(hub, reactor, admission, options["max-message-size"])
+    site = make_site(
+        hub, reactor, admission, options["max-message-size"], wamp_realm=options["wamp-realm"]
+    )
     notifier = endpoints.serverFromString(reactor, options["notifier"])
     for endpoint, factory in (
         (endpoints.serverFromString(reactor, options["port"]), site),

@@ -280,8 +280,18 @@ class Status:
         self.started = clock.seconds()
 
     def report(self) -> dict:
+        """``status`` is ``ok``, ``degraded`` while some Redis shards are away (the other
+        shards' channels work: a load balancer must not take every node out for it), or
+        ``unavailable`` when history cannot be reached at all."""
+        store = self.hub.store
+        if store.healthy():
+            status = "ok"
+        elif any(shard["connected"] for shard in store.stats().get("shards", ())):
+            status = "degraded"
+        else:
+            status = "unavailable"
         return {
-            "status": "ok" if self.hub.store.healthy() else "unavailable",
+            "status": status,
             "connections": {t: self.admission.by_transport[t] for t in TRANSPORTS},
             "uptime": round(self.clock.seconds() - self.started, 3),
             "slow_client_drops": self.websockets.slow_drops,
@@ -299,7 +309,7 @@ class HealthResource(Resource):
 
     def render_GET(self, request: server.Request) -> bytes:
         report = self.status.report()
-        if report["status"] != "ok":
+        if report["status"] == "unavailable":
             request.setResponseCode(503)
         request.setHeader(b"Content-Type", b"application/json")
         request.setHeader(b"Cache-Control", b"no-store")
@@ -323,6 +333,17 @@ METRICS = [
     ("uptime_seconds", "gauge", "Seconds since the node started.", "uptime"),
 ]
 
+# Per Redis shard (label ``shard``, its number in the --redis list, and ``address``):
+# name, type, help, field of the report's ``shards`` entries.
+SHARD_METRICS = [
+    ("redis_up", "gauge", "Whether this node can use the Redis shard (1) or not (0).",
+     "connected"),
+    ("redis_watched_channels", "gauge", "Channels this node subscribes to on the shard.",
+     "watched_channels"),
+    ("redis_pubsub_losses_total", "counter", "Pub/sub connections to the shard lost.",
+     "pubsub_losses"),
+]  # fmt: skip
+
 
 def prometheus(report: dict) -> str:
     """The report in Prometheus text format (0.0.4)."""
@@ -338,6 +359,12 @@ def prometheus(report: dict) -> str:
             lines += [f'{metric}{{{label}="{k}"}} {v}' for k, v in sorted(value.items())]
         else:
             lines.append(f"{metric} {value}")
+    for name, kind, text, field in SHARD_METRICS if report.get("shards") else ():
+        metric = f"twistedpush_{name}"
+        lines += [f"# HELP {metric} {text}", f"# TYPE {metric} {kind}"]
+        for shard in report["shards"]:
+            labels = f'shard="{shard["shard"]}",address="{shard["address"]}"'
+            lines.append(f"{metric}{{{labels}}} {int(shard[field])}")
     return "\n".join(lines) + "\n"
 
 
@@ -368,9 +395,12 @@ def make_site(
     admission: Admission | None = None,
     max_message_size: int = 4096,
     max_body: int = 65536,
+    wamp_realm: str = "serverpush",
 ) -> server.Site:
     admission = admission or Admission()
-    websockets = PushWebSocketFactory(hub, admission, max_message_size, reactor=clock)
+    websockets = PushWebSocketFactory(
+        hub, admission, max_message_size, reactor=clock, wamp_realm=wamp_realm
+    )
     status = Status(hub, clock, admission, websockets)
     root = RootResource()
     root.putChild(b"ws", UpgradeResource(websockets))

@@ -1,9 +1,10 @@
-"""WebSocket transport on /ws: JSON frames translated into hub calls."""
+"""WebSocket transport on /ws: JSON frames translated into hub calls, or with the
+``wamp.2.json`` subprotocol a WAMP session (twistedpush.wamp) over the same outbox."""
 
 from __future__ import annotations
 
 import pprint
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -17,6 +18,7 @@ from twistedpush.errors import Forbidden, Limit, PushError
 from twistedpush.history import Update
 from twistedpush.hub import Hub
 from twistedpush.limits import Admission, Ticket
+from twistedpush.wamp import SUBPROTOCOL, Broker, WampSession
 from twistedpush.wire import (
     encode,
     error_message,
@@ -52,6 +54,11 @@ def text_frame(payload: bytes) -> bytes:
     return b"\x81\x7f" + size.to_bytes(8, "big") + payload
 
 
+def update_frame(update: Update) -> bytes:
+    """The v1 frame of an update (a replay's; fan-out shares PushWebSocketFactory.frame)."""
+    return text_frame(update.message)
+
+
 SLOW_CLIENT = 4000
 """Close code for a client dropped for not reading: reconnect and catch up."""
 
@@ -65,12 +72,14 @@ while something waits for it, before it is dropped as stalled."""
 
 class _Replay:
     """A channel's replay, framed only as the client reads: its updates are history's
-    own objects, so a replay waiting on a slow reader costs no copy of them."""
+    own objects, so a replay waiting on a slow reader costs no copy of them.
+    ``frame`` makes an update's frame (v1 message or WAMP EVENT)."""
 
-    __slots__ = ("channel", "position", "updates")
+    __slots__ = ("channel", "frame", "position", "updates")
 
-    def __init__(self, updates: Sequence[Update]) -> None:
+    def __init__(self, updates: Sequence[Update], frame: Callable[[Update], bytes]) -> None:
         self.updates = updates
+        self.frame = frame
         self.channel = updates[0].channel
         self.position = 0
 
@@ -78,9 +87,9 @@ class _Replay:
         """Frames worth about ``budget`` bytes, their size, and whether the replay is done."""
         frames = []
         size = 0
-        updates, position = self.updates, self.position
+        updates, position, make = self.updates, self.position, self.frame
         while position < len(updates) and size < budget:
-            frame = text_frame(updates[position].message)
+            frame = make(updates[position])
             frames.append(frame)
             size += len(frame)
             position += 1
@@ -97,6 +106,10 @@ class PushWebSocketProtocol(WebSocketServerProtocol):
     client whose outbox passes ``--max-pending-bytes`` is dropped. Replays wait
     there as :class:`_Replay` and are framed only as the client reads, so a
     stalled reader holds no copy of the history it asked for.
+
+    A client that offers the ``wamp.2.json`` subprotocol gets a WAMP session
+    (``wamp``), which is the hub's subscriber instead and sends through the
+    same outbox (``send_frame``, ``send_replay``, ``discard``, ``close``).
     """
 
     factory: PushWebSocketFactory
@@ -110,6 +123,7 @@ class PushWebSocketProtocol(WebSocketServerProtocol):
     """Bytes of frames in the outbox (replays not yet framed are history's, not ours)."""
     _replays = 0
     lasting = True
+    wamp: WampSession | None = None
 
     def _connectionMade(self) -> None:
         """Autobahn's, but its debug line of this connection's settings is
@@ -163,7 +177,8 @@ class PushWebSocketProtocol(WebSocketServerProtocol):
         ticket = self.ticket
         return (ticket.address or ticket.peer) if ticket is not None else str(self.peer)
 
-    def onConnect(self, request: ConnectionRequest) -> None:
+    def onConnect(self, request: ConnectionRequest) -> str | None:
+        """Admit the connection; choose WAMP if the client offers it."""
         admission = self.factory.admission
         try:
             admission.check_origin(request.headers.get("origin"))
@@ -173,6 +188,10 @@ class PushWebSocketProtocol(WebSocketServerProtocol):
             raise ConnectionDeny(403, e.message) from None
         except Limit as e:
             raise ConnectionDeny(503, e.message) from None
+        if SUBPROTOCOL in request.protocols:
+            self.wamp = WampSession(self.factory.broker, self)
+            return SUBPROTOCOL
+        return None
 
     @property
     def cookie(self) -> str | None:
@@ -180,6 +199,9 @@ class PushWebSocketProtocol(WebSocketServerProtocol):
         return self.http_headers.get("cookie")
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self.wamp is not None:
+            self.wamp.received(payload, isBinary)
+            return
         if isBinary:
             # 1003 (unsupported data) is a protocol-level code sendClose() refuses.
             self.sendCloseFrame(1003, b"binary frames are not accepted; send JSON text")
@@ -202,14 +224,15 @@ class PushWebSocketProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._cancel_stall()
-        self.factory.hub.drop(self)
+        self.factory.hub.drop(self.wamp or self)
         self._outbox = None
         if self.ticket is not None:
             self.factory.admission.close(self.ticket)
 
     # Output
 
-    def _queue(self, item: bytes) -> None:
+    def send_frame(self, item: bytes) -> None:
+        """Queue a frame, to be written at the end of this turn."""
         if self.state != self.STATE_OPEN:
             return
         if self._queued + len(item) > self.factory.max_pending_bytes:
@@ -285,15 +308,17 @@ class PushWebSocketProtocol(WebSocketServerProtocol):
         self.dropConnection(abort=True)
 
     def _send_message(self, message: dict) -> None:
-        self._queue(text_frame(encode(message)))
+        self.send_frame(text_frame(encode(message)))
 
     def send_update(self, update: Update) -> None:
-        self._queue(self.factory.frame(update))
+        self.send_frame(self.factory.frame(update))
 
-    def send_replay(self, updates: Sequence[Update]) -> None:
+    def send_replay(
+        self, updates: Sequence[Update], frame: Callable[[Update], bytes] = update_frame
+    ) -> None:
         if not updates or self.state != self.STATE_OPEN:
             return
-        replay = _Replay(updates)
+        replay = _Replay(updates, frame)
         self._replays += 1
         if self._outbox is None:
             self._outbox = [replay]
@@ -315,9 +340,14 @@ class PushWebSocketProtocol(WebSocketServerProtocol):
 
     def going_away(self) -> None:
         """The server is stopping: tell the browser to reconnect (to another node)."""
+        self.close(1001, "server going away: reconnect")
+
+    def close(self, code: int, reason: str) -> None:
+        """Write what is queued, then close with ``code``."""
         if self.state == self.STATE_OPEN:
             self.flush()
-            self.sendCloseFrame(1001, b"server going away: reconnect")
+            # A close reason is at most 123 bytes of UTF-8.
+            self.sendCloseFrame(code, reason.encode()[:123].decode(errors="ignore").encode())
 
     def send_reset(self, channel: str, now: int) -> None:
         self._send_message(reset_message(channel, now))
@@ -337,11 +367,13 @@ class PushWebSocketFactory(WebSocketServerFactory):
         admission: Admission,
         max_message_size: int = 4096,
         reactor: Any = None,
+        wamp_realm: str = "serverpush",
     ) -> None:
         super().__init__(reactor=reactor)
         self.hub = hub
         self.admission = admission
         self.max_message_size = max_message_size
+        self.broker = Broker(hub, wamp_realm, max_message_size, text_frame)
         self.max_pending_bytes = admission.limits.max_pending_bytes
         self.slow_drops = 0
         self.handover: Ticket | None = None
