@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.apps import AppConfig, apps
 from django.conf import settings as django_settings
@@ -14,6 +16,7 @@ from django.utils.module_loading import import_string
 from django_adapter.conf import settings
 
 MIDDLEWARE = "django_adapter.middleware.ServerPushMiddleware"
+AUTH_MIDDLEWARE = "django.contrib.auth.middleware.AuthenticationMiddleware"
 CONTEXT_PROCESSOR = "django_adapter.context_processors.serverpush"
 
 
@@ -30,77 +33,79 @@ class DjangoAdapterConfig(AppConfig):
         signals.post_delete.connect(updates.instance_deleted, dispatch_uid="serverpush_deleted")
 
 
+Messages = list[checks.CheckMessage]
+CHECKS: list[Callable[..., Messages]] = []
+
+
+def _check(function: Callable[[], Messages]) -> Callable[..., Messages]:
+    """Register ``function`` as a Django system check (tag ``serverpush``)."""
+
+    def check(app_configs: Any = None, **kwargs: Any) -> Messages:
+        return function()
+
+    check.__name__ = check.__qualname__ = function.__name__  # as Django lists it
+    check.__doc__ = function.__doc__
+    CHECKS.append(check)
+    return checks.register(check, "serverpush")
+
+
+def check_settings(app_configs: Any = None, **kwargs: Any) -> Messages:
+    """Every twistedpush check at once, as ``manage.py check --tag serverpush`` runs them."""
+    return [message for check in CHECKS for message in check(app_configs)]
+
+
 def _error(message: str, hint: str, id: str) -> checks.Error:
     return checks.Error(message, hint=hint, id=f"django_adapter.{id}")
 
 
-def _check_server_options() -> list[checks.CheckMessage]:
-    """The settings runserverpush passes on as options, checked as the server
-    would (where it would stop with a usage error)."""
-    from twistedpush.tap import parse_network
-
-    errors = []
-    key = settings.PUBLISHER_KEY
-    if key is not None and (not isinstance(key, str) or not key):
-        errors.append(
-            _error(
-                f"SERVERPUSH_PUBLISHER_KEY must be a non-empty string or None, got {key!r}.",
-                "Use a long random string, the same for Django and the push server.",
-                "E011",
-            )
-        )
-    proxies = settings.TRUSTED_PROXIES
-    hint = "A list of addresses or CIDRs, e.g. ['10.0.0.0/8']."
-    if not isinstance(proxies, list | tuple):
-        errors.append(
-            _error(f"SERVERPUSH_TRUSTED_PROXIES must be a list, got {proxies!r}.", hint, "E012")
-        )
-    else:
-        for proxy in proxies:
-            try:
-                parse_network(proxy)
-            except ValueError as e:
-                errors.append(_error(f"SERVERPUSH_TRUSTED_PROXIES: {e}", hint, "E012"))
-    origins = settings.ALLOWED_ORIGINS
-    if not isinstance(origins, list | tuple) or not all(isinstance(o, str) for o in origins):
-        errors.append(
-            _error(
-                f"SERVERPUSH_ALLOWED_ORIGINS must be a list of globs, got {origins!r}.",
-                "For example ['https://*.example.com'].",
-                "E013",
-            )
-        )
-    return errors
+def _index_of(paths: list[str], base: str) -> int | None:
+    """The index of the first entry of ``paths`` that is ``base`` or a subclass of it."""
+    wanted = import_string(base)
+    for index, path in enumerate(paths):
+        try:
+            found = import_string(path)
+        except ImportError:
+            continue  # Django itself reports a middleware that cannot be imported
+        if isinstance(found, type) and issubclass(found, wanted):
+            return index
+    return None
 
 
-@checks.register()
-def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    errors: list[checks.CheckMessage] = []
-    middleware = list(getattr(django_settings, "MIDDLEWARE", []))
-    if MIDDLEWARE not in middleware:
-        errors.append(
+@_check
+def check_middleware() -> Messages:
+    """E001: ServerPushMiddleware (or a subclass) installed; E002: after authentication."""
+    middleware = [str(path) for path in getattr(django_settings, "MIDDLEWARE", [])]
+    ours = _index_of(middleware, MIDDLEWARE)
+    if ours is None:
+        return [
             _error(
-                f"{MIDDLEWARE} is not in MIDDLEWARE.",
+                f"{MIDDLEWARE} (or a subclass) is not in MIDDLEWARE.",
                 "Add it after AuthenticationMiddleware.",
                 "E001",
             )
-        )
-    else:
-        auth = "django.contrib.auth.middleware.AuthenticationMiddleware"
-        if auth in middleware and middleware.index(auth) > middleware.index(MIDDLEWARE):
-            errors.append(
-                _error(
-                    f"{MIDDLEWARE} comes before {auth}.",
-                    "Move it after AuthenticationMiddleware: specs read request.user.",
-                    "E002",
-                )
+        ]
+    auth = _index_of(middleware, AUTH_MIDDLEWARE)
+    if auth is not None and auth > ours:
+        return [
+            _error(
+                f"{middleware[ours]} comes before {middleware[auth]}.",
+                "Move it after AuthenticationMiddleware: specs read request.user.",
+                "E002",
             )
+        ]
+    return []
+
+
+@_check
+def check_context_processors() -> Messages:
+    """E003: our context processor; E004: the request one, which the tags need."""
     processors = [
         p
         for backend in getattr(django_settings, "TEMPLATES", [])
         if backend.get("BACKEND") == "django.template.backends.django.DjangoTemplates"
         for p in backend.get("OPTIONS", {}).get("context_processors", [])
     ]
+    errors = []
     if CONTEXT_PROCESSOR not in processors:
         errors.append(
             _error(
@@ -118,36 +123,49 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 "E004",
             )
         )
+    return errors
+
+
+@_check
+def check_globals() -> Messages:
+    """E005: SERVERPUSH_GLOBALS a list; E006: each entry importable; E014: callable."""
     globals_ = settings.GLOBALS
     if not isinstance(globals_, list | tuple):
-        errors.append(
+        return [
             _error(
                 "SERVERPUSH_GLOBALS must be a list of dotted paths.",
                 "For example ['myapp.updates.site_update'].",
                 "E005",
             )
-        )
-    else:
-        for path in globals_:
-            try:
-                found = import_string(path)
-            except ImportError as e:
-                errors.append(
-                    _error(
-                        f"SERVERPUSH_GLOBALS entry {path!r} cannot be imported: {e}",
-                        "Give the dotted path of a function f(request) returning specs.",
-                        "E006",
-                    )
+        ]
+    errors = []
+    for path in globals_:
+        try:
+            found = import_string(path)
+        except ImportError as e:
+            errors.append(
+                _error(
+                    f"SERVERPUSH_GLOBALS entry {path!r} cannot be imported: {e}",
+                    "Give the dotted path of a function f(request) returning specs.",
+                    "E006",
                 )
-                continue
-            if not callable(found):
-                errors.append(
-                    _error(
-                        f"SERVERPUSH_GLOBALS entry {path!r} is not callable.",
-                        "Give a function f(request) returning specs.",
-                        "E006",
-                    )
+            )
+            continue
+        if not callable(found):
+            errors.append(
+                _error(
+                    f"SERVERPUSH_GLOBALS entry {path!r} is not callable.",
+                    "Give a function f(request) returning specs.",
+                    "E014",
                 )
+            )
+    return errors
+
+
+@_check
+def check_ports() -> Messages:
+    """E007: port numbers; E015: two different ports."""
+    errors = []
     ports = {"SERVERPUSH_PORT": settings.PORT, "SERVERPUSH_NOTIFIER_PORT": settings.NOTIFIER_PORT}
     for name, value in ports.items():
         if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
@@ -163,12 +181,60 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             _error(
                 "SERVERPUSH_PORT and SERVERPUSH_NOTIFIER_PORT are the same port.",
                 "The notifier needs a port of its own.",
-                "E007",
+                "E015",
             )
         )
+    return errors
+
+
+@_check
+def check_url() -> Messages:
+    """E016: SERVERPUSH_URL, if set, is an http(s) URL with a host, as browsers see it."""
+    url = settings.URL
+    if url is None:
+        return []
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is not None and parts.scheme in ("http", "https") and parts.hostname:
+        if not parts.query and not parts.fragment:
+            return []
+    if parts is not None and parts.scheme in ("ws", "wss"):
+        hint = "Give the http:// or https:// URL: the client turns it into ws:// or wss:// itself."
+    else:
+        hint = (
+            "Give the scheme and host, e.g. 'https://push.example.com' or 'http://127.0.0.1:8013'."
+        )
+    return [_error(f"SERVERPUSH_URL {url!r} is not the push server's http(s) URL.", hint, "E016")]
+
+
+@_check
+def check_public() -> Messages:
+    """E017: SERVERPUSH_PUBLIC globs, none matching page-group channels."""
+    from django_adapter.updates import glob_opens_groups
+
+    public = settings.PUBLIC
+    hint = "Name your public channels, e.g. ['news.*']: page groups are opened by their tokens."
+    if not isinstance(public, list | tuple) or not all(isinstance(g, str) for g in public):
+        return [_error(f"SERVERPUSH_PUBLIC must be a list of globs, got {public!r}.", hint, "E017")]
+    return [
+        _error(
+            f"SERVERPUSH_PUBLIC glob {glob!r} matches page-group channels (sp.<name>.<digest>): "
+            "it would open every user's <view>_update data to anyone.",
+            hint,
+            "E017",
+        )
+        for glob in public
+        if glob_opens_groups(glob)
+    ]
+
+
+@_check
+def check_timeouts() -> Messages:
+    """E010: SERVERPUSH_TIMEOUT, SERVERPUSH_SPIN and SERVERPUSH_BACKOFF in range."""
+    errors = []
     for name, value, rule, fits in (
         ("SERVERPUSH_TIMEOUT", settings.TIMEOUT, "over 0", lambda v: 0 < v < math.inf),
         ("SERVERPUSH_SPIN", settings.SPIN, "from 0 to 0.01", lambda v: 0 <= v <= 0.01),
+        ("SERVERPUSH_BACKOFF", settings.BACKOFF, "from 0", lambda v: 0 <= v < math.inf),
     ):
         if isinstance(value, bool) or not isinstance(value, int | float) or not fits(value):
             errors.append(
@@ -178,29 +244,96 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                     "E010",
                 )
             )
-    if settings.REDIS_URL:
-        from twistedpush.tap import parse_redis_url
+    return errors
 
+
+@_check
+def check_redis() -> Messages:
+    """E008: SERVERPUSH_REDIS_URL (one URL or several), as the push server parses it."""
+    from twistedpush.tap import parse_redis_url
+
+    errors = []
+    for url in settings.redis_urls:
         try:
-            parse_redis_url(settings.REDIS_URL)
+            parse_redis_url(url)
         except ValueError as e:
             errors.append(_error(f"SERVERPUSH_REDIS_URL: {e}", "redis://host:port/db", "E008"))
-    errors += _check_server_options()
-    for alias, database in getattr(django_settings, "DATABASES", {}).items():
-        if database.get("ATOMIC_REQUESTS"):
-            errors.append(
-                checks.Warning(
-                    f"DATABASES[{alias!r}] has ATOMIC_REQUESTS: pages register their "
-                    "<view>_update specs inside the request's transaction, so changes "
-                    "committed while the page renders may not reach it.",
-                    hint="Turn ATOMIC_REQUESTS off, or use transaction.atomic in views.",
-                    id="django_adapter.W001",
-                )
-            )
-    if not apps.is_installed("django.contrib.auth"):
-        errors.append(
-            _error(
-                "django.contrib.auth is not installed.", "Specs are serialized per user.", "E009"
-            )
-        )
     return errors
+
+
+@_check
+def check_publisher_key() -> Messages:
+    """E011: SERVERPUSH_PUBLISHER_KEY a non-empty string or None."""
+    key = settings.PUBLISHER_KEY
+    if key is not None and (not isinstance(key, str) or not key):
+        return [
+            _error(
+                f"SERVERPUSH_PUBLISHER_KEY must be a non-empty string or None, got {key!r}.",
+                "Use a long random string, the same for Django and the push server.",
+                "E011",
+            )
+        ]
+    return []
+
+
+@_check
+def check_trusted_proxies() -> Messages:
+    """E012: SERVERPUSH_TRUSTED_PROXIES a list of addresses or CIDRs, as the server parses them."""
+    from twistedpush.tap import parse_network
+
+    proxies = settings.TRUSTED_PROXIES
+    hint = "A list of addresses or CIDRs, e.g. ['10.0.0.0/8']."
+    if not isinstance(proxies, list | tuple):
+        return [
+            _error(f"SERVERPUSH_TRUSTED_PROXIES must be a list, got {proxies!r}.", hint, "E012")
+        ]
+    errors = []
+    for proxy in proxies:
+        try:
+            parse_network(proxy)
+        except ValueError as e:
+            errors.append(_error(f"SERVERPUSH_TRUSTED_PROXIES: {e}", hint, "E012"))
+    return errors
+
+
+@_check
+def check_allowed_origins() -> Messages:
+    """E013: SERVERPUSH_ALLOWED_ORIGINS a list of globs."""
+    origins = settings.ALLOWED_ORIGINS
+    if not isinstance(origins, list | tuple) or not all(isinstance(o, str) for o in origins):
+        return [
+            _error(
+                f"SERVERPUSH_ALLOWED_ORIGINS must be a list of globs, got {origins!r}.",
+                "For example ['https://*.example.com'].",
+                "E013",
+            )
+        ]
+    return []
+
+
+@_check
+def check_auth_installed() -> Messages:
+    """E009: django.contrib.auth, as groups are serialized per user."""
+    if apps.is_installed("django.contrib.auth"):
+        return []
+    return [
+        _error("django.contrib.auth is not installed.", "Specs are serialized per user.", "E009")
+    ]
+
+
+@_check
+def check_atomic_requests() -> Messages:
+    """W001: ATOMIC_REQUESTS, under which a view's page_position() and the tag's
+    registration run inside the request's transaction."""
+    return [
+        checks.Warning(
+            f"DATABASES[{alias!r}] has ATOMIC_REQUESTS: a page that takes its position "
+            "inside its view (page_position(), {% serverpush_js %}, SERVERPUSH_GLOBALS) "
+            "registers its groups inside the request's transaction, so changes committed "
+            "meanwhile may not reach it.",
+            hint="Turn ATOMIC_REQUESTS off, or use transaction.atomic in views.",
+            id="django_adapter.W001",
+        )
+        for alias, database in getattr(django_settings, "DATABASES", {}).items()
+        if database.get("ATOMIC_REQUESTS")
+    ]

@@ -28,11 +28,14 @@ DEFAULTS: dict[str, Any] = {
     "HISTORY_TTL": 3600,
     "REDIS_URL": None,
     "TIMEOUT": 5.0,
+    "BACKOFF": 2.0,
     "SPIN": 0.0002,
     "TOKEN_TTL": 24 * 3600,
     "PUBLISHER_KEY": None,
     "TRUSTED_PROXIES": [],
     "ALLOWED_ORIGINS": [],
+    "JS_FROM_PUSH_SERVER": False,
+    "WAMP_REALM": "serverpush",
 }
 
 
@@ -59,6 +62,13 @@ class Settings:
             return str(self.SECRET)
         key = str(django_settings.SECRET_KEY).encode()
         return hmac.new(key, b"twistedpush.secret", hashlib.sha256).hexdigest()
+
+    @property
+    def redis_urls(self) -> list[str]:
+        """SERVERPUSH_REDIS_URL as a list: one URL, or several (one Redis shard each,
+        in the same order on every node)."""
+        value = self.REDIS_URL
+        return [value] if isinstance(value, str) else list(value or [])
 
     @property
     def publisher_key(self) -> str | None:

@@ -6,8 +6,10 @@ from django.http import HttpRequest
 
 
 def serverpush(request: HttpRequest) -> dict[str, Any]:
+    """``generated_timestamp`` is the page's position, taken only if the template
+    renders it (templates call callables), so pages that do not pay nothing."""
     state = getattr(request, "serverpush", None)
     return {
-        "generated_timestamp": state.since if state is not None else None,
+        "generated_timestamp": state.position if state is not None else None,
         "serverpush": state,
     }

@@ -1,7 +1,7 @@
 """The ``<view>_update`` convention: specs, the page registry, matching and serialization.
 
-A view ``hello`` may have a module-level ``hello_update(request)`` returning
-specs such as::
+A view ``hello`` may have a module-level ``hello_update(request, *args, **kwargs)``
+(called with the view's own arguments) returning specs such as::
 
     {"name": "username_change", "model": User,
      "params": {"pk": request.user.pk},
@@ -9,22 +9,29 @@ specs such as::
 
 When the page renders, each spec becomes a *group*: the pages of one user that
 asked for the same spec share one private channel, registered in the database
-(so every Django process sees it). When an instance of the model is saved or
-deleted, after the transaction commits, the process that changed it finds the
-groups of that model whose ``params`` match the changed row, serializes the row
-once per group (so for that group's user only) and publishes everything in one
-AMP call. The push server keeps it in history, so pages catch up as with any
-update.
+(so every Django process sees it), named by an HMAC under the token secret (so
+that nobody can name it without a token, and no public glob may match it). When
+an instance of the model is saved or deleted, after the transaction commits,
+the process that changed it finds the groups of that model whose ``params``
+match the changed row, serializes the row once per group (so for that group's
+user only) and publishes everything in one AMP call. The push server keeps it
+in history, so pages catch up as with any update.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import inspect
 import json
+import logging
+import string
 import sys
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
+from fnmatch import fnmatchcase
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -32,17 +39,22 @@ from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ImproperlyConfigured
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models, transaction
-from django.forms.models import model_to_dict
 from django.http import HttpRequest
 from django.urls import resolve, reverse
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
+from django_adapter import client
 from django_adapter.conf import settings
 from django_adapter.models import PageGroup
 from twistedpush.access import NAME_RE, NAME_RULE
 
+log = logging.getLogger("django_adapter")
+
 ATTRIBUTE_ROOT = "object"
+GROUP_PREFIX = "sp."
+DIGEST_CHARS = 24
+"""A page group's channel is ``sp.<name>.<24 hex digits>``."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +113,12 @@ def parse_spec(raw: Any, where: str) -> Spec:
         serializer = "view:" + serializer
     if data is not None and serializer.startswith("view:"):
         raise ImproperlyConfigured(f"{where}: give 'data' or a view serializer, not both")
+    if data is None and not serializer:
+        raise ImproperlyConfigured(
+            f"{where}: spec {name!r} has neither 'data' nor 'serializer': say what the "
+            "browser gets, e.g. 'data': {'value': 'object.value'} (a row's fields are "
+            "never sent whole: they may hold password hashes and e-mail addresses)"
+        )
     return Spec(name, model, params, data, serializer)
 
 
@@ -114,19 +132,31 @@ def update_function(view: Callable) -> Callable | None:
     return getattr(module, f"{name}_update", None)
 
 
-def page_specs(request: HttpRequest, view: Callable) -> list[Spec]:
-    """Every spec of this page: its view's ``<view>_update`` plus SERVERPUSH_GLOBALS."""
-    sources: list[tuple[str, Callable]] = []
-    found = update_function(view)
-    if found is not None:
-        sources.append((f"{found.__module__}.{found.__name__}", found))
-    for path in settings.GLOBALS:
-        sources.append((path, import_string(path)))
-    specs = []
-    for where, function in sources:
-        for raw in function(request) or ():
-            specs.append(parse_spec(raw, where))
-    return specs
+def view_specs(request: HttpRequest, view: Callable, args: Any, kwargs: Any) -> list[Spec]:
+    """The specs of the view's ``<view>_update``, called with the view's arguments."""
+    function = update_function(view)
+    if function is None:
+        return []
+    where = f"{function.__module__}.{function.__name__}"
+    try:
+        inspect.signature(function).bind(request, *args, **kwargs)
+    except TypeError as e:
+        raise ImproperlyConfigured(
+            f"{where} must take the view's arguments, as the view does: "
+            f"{where}(request, *{tuple(args)!r}, **{kwargs!r}) fails: {e}"
+        ) from None
+    return _parsed(function(request, *args, **kwargs), where)
+
+
+def global_specs(request: HttpRequest) -> list[Spec]:
+    """The specs of SERVERPUSH_GLOBALS, added to every page that takes a position."""
+    return [
+        spec for path in settings.GLOBALS for spec in _parsed(import_string(path)(request), path)
+    ]
+
+
+def _parsed(raws: Iterable[Any] | None, where: str) -> list[Spec]:
+    return [parse_spec(raw, where) for raw in raws or ()]
 
 
 def user_key(user: Any) -> str:
@@ -134,28 +164,90 @@ def user_key(user: Any) -> str:
 
 
 def group_channel(spec: Spec, user: str) -> str:
+    """The group's channel: an HMAC under the token secret, so that knowing the
+    spec and the user (public inputs) is not enough to name it."""
     identity = json.dumps(
         [spec.name, spec.label, spec.params, spec.data, spec.serializer, user], sort_keys=True
     )
-    digest = hashlib.sha256(identity.encode()).hexdigest()[:24]
-    return f"sp.{spec.name}.{digest}"
+    key = settings.secret.encode()
+    digest = hmac.new(key, identity.encode(), hashlib.sha256).hexdigest()[:DIGEST_CHARS]
+    return f"{GROUP_PREFIX}{spec.name}.{digest}"
 
 
-def register(specs: Iterable[Spec], user: Any) -> list[tuple[str, str]]:
-    """Record this page's groups (before the page reads anything); return (channel, name)."""
+def _group_automaton() -> list[list[tuple[str, int]]]:
+    """Page-group channels as a list of states, each a list of (characters, next
+    state); the last state accepts."""
+    name = string.ascii_letters + string.digits + "_.:-"
+    states = [[(char, i + 1)] for i, char in enumerate(GROUP_PREFIX)]
+    first = len(states)
+    states += [[(name, first + 1)], [(name, first + 1), (".", first + 2)]]
+    states += [[("0123456789abcdef", first + 3 + i)] for i in range(DIGEST_CHARS)]
+    return [*states, []]
+
+
+_GROUPS = _group_automaton()
+
+
+def _glob_tokens(glob: str) -> list[str]:
+    """``glob`` as fnmatch reads it: ``*``, or a pattern matching one character."""
+    tokens = []
+    i = 0
+    while i < len(glob):
+        end = i + 1
+        if glob[i] == "[":
+            j = end + (glob[end : end + 1] == "!")
+            j += glob[j : j + 1] == "]"
+            close = glob.find("]", j)
+            end = close + 1 if close != -1 else end
+        tokens.append(glob[i:end])
+        i = end
+    return tokens
+
+
+def glob_opens_groups(glob: str) -> bool:
+    """Whether ``glob`` matches any page-group channel (a public glob must not:
+    it would open every user's groups without a token)."""
+    tokens = _glob_tokens(glob)
+    seen: set[tuple[int, int]] = set()
+    todo = [(0, 0)]
+    while todo:
+        step = todo.pop()
+        if step in seen:
+            continue
+        seen.add(step)
+        index, state = step
+        if index == len(tokens):
+            if state == len(_GROUPS) - 1:
+                return True
+            continue
+        token = tokens[index]
+        if token == "*":
+            todo.append((index + 1, state))
+        for chars, following in _GROUPS[state]:
+            if token == "*":
+                todo.append((index, following))
+            elif any(fnmatchcase(char, token) for char in chars):
+                todo.append((index + 1, following))
+    return False
+
+
+def register(specs: Iterable[Spec], user: Any, ttl: float) -> list[tuple[str, str]]:
+    """Make sure this page's groups are published to for ``ttl`` seconds more
+    (rows expiring within ``ttl / 2`` are extended, none is shortened; one query
+    when nothing needs writing); return (channel, name) per group."""
     key = user_key(user)
     wanted = {group_channel(spec, key): spec for spec in specs}
     if not wanted:
         return []
     now = timezone.now()
-    ttl = timedelta(seconds=int(settings.TOKEN_TTL))
-    fresh_until = now + ttl / 2
+    until = now + timedelta(seconds=ttl)
+    fresh_until = now + timedelta(seconds=ttl / 2)
     known = dict(
         PageGroup.objects.filter(channel__in=list(wanted)).values_list("channel", "expires")
     )
     stale = [channel for channel, expires in known.items() if expires < fresh_until]
     if stale:
-        PageGroup.objects.filter(channel__in=stale).update(expires=now + ttl)
+        PageGroup.objects.filter(channel__in=stale, expires__lt=until).update(expires=until)
     missing = [
         PageGroup(
             channel=channel,
@@ -165,7 +257,7 @@ def register(specs: Iterable[Spec], user: Any) -> list[tuple[str, str]]:
             data=spec.data,
             serializer=spec.serializer,
             user_id=key,
-            expires=now + ttl,
+            expires=until,
         )
         for channel, spec in wanted.items()
         if channel not in known
@@ -205,14 +297,21 @@ def _python_match(instance: models.Model, params: dict[str, Any]) -> bool | None
 
 
 def matching_groups(instance: models.Model) -> list[PageGroup]:
-    """Groups whose params select ``instance`` (its row as it is now in the database)."""
+    """Groups whose params select ``instance`` (its row as it is now in the database).
+
+    A group whose params cannot be matched is logged and left out: one bad spec
+    must not stop the others, nor the save or delete."""
     groups = PageGroup.objects.filter(model=instance._meta.label_lower, expires__gt=timezone.now())
     matched = []
     manager = type(instance)._default_manager
     for group in groups:
-        verdict = _python_match(instance, group.params)
-        if verdict is None:
-            verdict = manager.filter(pk=instance.pk, **group.params).exists()
+        try:
+            verdict = _python_match(instance, group.params)
+            if verdict is None:
+                verdict = manager.filter(pk=instance.pk, **group.params).exists()
+        except Exception:
+            log.exception("page group %s: cannot match params %r", group.channel, group.params)
+            continue
         if verdict:
             matched.append(group)
     return matched
@@ -260,9 +359,7 @@ def serialize(group: PageGroup, instance: models.Model, user: Any) -> Any:
             return body
     if group.serializer:
         return _jsonable(import_string(group.serializer)(request, instance, data))
-    if data is not None:
-        return _jsonable(data)
-    return _jsonable(model_to_dict(instance))
+    return _jsonable(data)
 
 
 def _users(groups: list[PageGroup]) -> dict[str, Any]:
@@ -277,14 +374,24 @@ def _users(groups: list[PageGroup]) -> dict[str, Any]:
 def publications(
     instance: models.Model, groups: list[PageGroup], deleted: bool = False
 ) -> list[tuple[str, Any, str]]:
-    """One (channel, data, name) per matched group, serialized for that group's user."""
+    """One (channel, data, name) per matched group, serialized for that group's user.
+
+    A serializer that raises is logged and its group skipped: the other groups
+    are still published, and a delete still happens. While deleting (inside the
+    delete's transaction) each runs in a savepoint, so that its failed query
+    cannot spoil the transaction."""
     users = _users(groups)
     out = []
     for group in groups:
         user = users.get(group.user_id)
         if user is None:
             continue  # the user is gone: nobody may see this
-        data = serialize(group, instance, user)
+        try:
+            with transaction.atomic(using=instance._state.db) if deleted else nullcontext():
+                data = serialize(group, instance, user)
+        except Exception:
+            log.exception("page group %s: serializing %r failed", group.channel, instance)
+            continue
         if deleted and isinstance(data, dict):
             data = {**data, "deleted": True}
         out.append((group.channel, data, group.name))
@@ -295,10 +402,8 @@ def publications(
 
 
 def _publish(items: list[tuple[str, Any, str]]) -> None:
-    from django_adapter.client import get_client
-
     if items:
-        get_client().send_updates(items)
+        client.deliver([client.encode(*item) for item in items])
 
 
 _UNWATCHED_APPS = frozenset({"sessions", "contenttypes", "migrations", "admin"})
@@ -315,7 +420,7 @@ def _ignored(sender: type[models.Model]) -> bool:
 
 def instance_saved(sender: type, instance: models.Model, raw: bool = False, **kwargs: Any) -> None:
     """After commit: match the row as committed, serialize, publish. A push server
-    outage must not fail the save, so errors are logged (robust), not raised."""
+    outage must not fail the save: it is logged and counted, not raised."""
     if raw or _ignored(sender):
         return
     transaction.on_commit(

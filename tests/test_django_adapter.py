@@ -19,6 +19,8 @@ from django_adapter.middleware import ServerPushMiddleware
 from django_adapter.models import PageGroup
 from twistedpush.access import AccessPolicy, sign_token
 
+TTL = 60
+
 
 def user(name):
     return User.objects.get_or_create(username=name)[0]
@@ -26,6 +28,37 @@ def user(name):
 
 def module_level_serializer(request, obj, data):
     return {"text": obj.text, "viewer": request.user.username, "extra": data}
+
+
+def site_update(request):
+    """A SERVERPUSH_GLOBALS function: every page hears of counter changes."""
+    return [
+        {
+            "name": "site_counter",
+            "model": Counter,
+            "params": {"pk": 1},
+            "data": {"v": "object.value"},
+        }
+    ]
+
+
+def me(request):
+    """A view of a user's own score (the demo's ``me``, with its ``me_update``)."""
+
+
+def plain(request):
+    """A view without ``<view>_update``."""
+
+
+def me_update(request):
+    return [
+        {
+            "name": "score",
+            "model": Score,
+            "params": {"user": request.user.pk},
+            "serializer": score_for_page,
+        }
+    ]
 
 
 @pytest.fixture
@@ -80,6 +113,7 @@ def test_parse_spec_accepts_the_seed_forms():
         ({"name": "x", "model": User, "params": {"pk": object()}}, "plain values"),
         ({"name": "x", "model": User, "serializer": lambda r, o, d: 1}, "module level"),
         ({"name": "x", "model": User, "colour": "red"}, "unknown spec keys"),
+        ({"name": "x", "model": User}, "spec 'x' has neither 'data' nor 'serializer'"),
     ],
 )
 def test_bad_specs_are_explained(raw, words):
@@ -107,19 +141,21 @@ def test_python_matching_of_plain_lookups_and_database_matching_of_the_rest():
         ({"user__username": "bob"}, False),
     ]:
         PageGroup.objects.all().delete()
-        spec = updates.parse_spec({"name": "s", "model": Score, "params": params}, "t")
-        updates.register([spec], alice)
+        spec = updates.parse_spec({"name": "s", "model": Score, "params": params, "data": {}}, "t")
+        updates.register([spec], alice, TTL)
         assert bool(updates.matching_groups(score)) is expected, params
 
 
 @pytest.mark.django_db
 def test_one_group_per_user_and_spec():
     alice, bob = user("alice"), user("bob")
-    spec = updates.parse_spec({"name": "counter", "model": Counter, "params": {"pk": 1}}, "t")
-    a1 = updates.register([spec], alice)
-    a2 = updates.register([spec], alice)
-    b = updates.register([spec], bob)
-    anonymous = updates.register([spec], AnonymousUser())
+    spec = updates.parse_spec(
+        {"name": "counter", "model": Counter, "params": {"pk": 1}, "data": {}}, "t"
+    )
+    a1 = updates.register([spec], alice, TTL)
+    a2 = updates.register([spec], alice, TTL)
+    b = updates.register([spec], bob, TTL)
+    anonymous = updates.register([spec], AnonymousUser(), TTL)
     assert a1 == a2 and a1 != b and anonymous not in (a1, b)
     assert PageGroup.objects.count() == 3
 
@@ -141,8 +177,8 @@ def test_each_user_gets_data_serialized_for_them():
         },
         "t",
     )
-    updates.register([spec], alice)
-    updates.register([spec], bob)
+    updates.register([spec], alice, TTL)
+    updates.register([spec], bob, TTL)
     items = updates.publications(message, updates.matching_groups(message))
     viewers = {data["viewer"]: channel for channel, data, name in items}
     assert set(viewers) == {"alice", "bob"} and viewers["alice"] != viewers["bob"]
@@ -150,33 +186,36 @@ def test_each_user_gets_data_serialized_for_them():
 
 
 @pytest.mark.django_db
-def test_data_paths_default_serializer_and_view_serializer():
+def test_data_paths():
     counter = Counter.objects.create(pk=1, value=7)
     group = PageGroup(data={"v": "object.value", "label": "visits"}, serializer="")
     assert updates.serialize(group, counter, AnonymousUser()) == {"v": 7, "label": "visits"}
-    group = PageGroup(data=None, serializer="")
-    assert updates.serialize(group, counter, AnonymousUser()) == {"id": 1, "value": 7}
+
+
+def test_group_channels_cannot_be_named_without_the_secret(settings):
+    """Spec and user are public; the channel is not, so no token, no channel."""
+    spec = updates.parse_spec({"name": "score", "model": Score, "data": {}}, "t")
+    settings.SERVERPUSH_SECRET = "one"
+    first = updates.group_channel(spec, "1")
+    settings.SERVERPUSH_SECRET = "two"
+    assert updates.group_channel(spec, "1") != first
+    assert first.startswith("sp.score.")
 
 
 # Tokens and the template tags
 
 
-@pytest.mark.django_db
-def test_serverpush_js_renders_config_with_working_tokens(settings):
+def test_serverpush_js_outside_a_request_renders_working_tokens(settings):
+    """Rendered without a request (an e-mail, say): tokens are signed at once."""
     settings.SERVERPUSH_URL = "http://push.example:8013"
-    request = RequestFactory().get("/")
-    request.serverpush = type("S", (), {"since": 123, "channels": [("sp.x.abc", "x")]})()
     html = Template('{% load serverpush %}{% serverpush_js "demo.chat" "private" %}').render(
-        Context({"request": request})
+        Context({})
     )
-    assert '<div id="generated_timestamp" style="display:none">123</div>' in html
-    assert 'src="/static/serverpush/serverpush.js"' in html  # from Django's staticfiles
     config = json.loads(html.split("SERVERPUSH_CONFIG = ", 1)[1].split(";</script>", 1)[0])
+    assert config["url"] == "http://push.example:8013"
     tokens = {s["channel"]: s["token"] for s in config["subscriptions"]}
     assert tokens["demo.chat"] is None  # public in the demo settings
-    policy = AccessPolicy(conf.settings.secret)
-    policy.check("private", tokens["private"], time.time())
-    policy.check("sp.x.abc", tokens["sp.x.abc"], time.time())
+    AccessPolicy(conf.settings.secret).check("private", tokens["private"], time.time())
 
 
 def test_serverpush_token_tag_and_secret_from_settings(settings):
@@ -198,13 +237,13 @@ def test_checks_catch_misconfiguration(settings, monkeypatch):
     settings.SERVERPUSH_REDIS_URL = "http://x"
     monkeypatch.setitem(settings.DATABASES["default"], "ATOMIC_REQUESTS", True)
     ids = {message.id for message in check_settings()}
-    assert {
+    assert ids == {
         "django_adapter.E001",
         "django_adapter.E006",
         "django_adapter.E007",
         "django_adapter.E008",
         "django_adapter.W001",
-    } <= ids
+    }
 
 
 @pytest.mark.parametrize(
@@ -272,9 +311,8 @@ def test_push_server_down_is_a_clear_error(settings):
 def test_model_save_reaches_matching_pages_after_commit(push):
     request = RequestFactory().get("/")
     request.user = user("alice")
-    from demo import views
 
-    ServerPushMiddleware(lambda r: None).process_view(request, views.me, (), {})
+    ServerPushMiddleware(lambda r: None).process_view(request, me, (), {})
     channel = request.serverpush.channels[0][0]
     since = request.serverpush.since
     Score.objects.create(user=request.user, points=41)
@@ -293,11 +331,10 @@ def test_page_position_comes_from_the_push_server_not_django_clock(push, monkeyp
     real_time = time.time
     monkeypatch.setattr(time, "time", lambda: real_time() + skew)
     request = RequestFactory().get("/")
-    request.user = AnonymousUser()
-    from demo import views
+    request.user = user("alice")
 
     before = send_update("demo.skew", "before the request")
-    ServerPushMiddleware(lambda r: None).process_view(request, views.index, (), {})
+    ServerPushMiddleware(lambda r: None).process_view(request, me, (), {})
     after = send_update("demo.skew", "after the request began")
     assert before <= request.serverpush.since < after
     assert [m["data"] for m in poll(push, "demo.skew", request.serverpush.since)] == [
@@ -312,6 +349,7 @@ def test_page_position_comes_from_the_push_server_not_django_clock(push, monkeyp
 def test_presence_signals_carry_the_browsers_user(client):
     from django.conf import settings as django_settings
     from twisted.internet.defer import succeed
+    from twisted.internet.task import Clock
 
     from django_adapter.signals import DjangoPresence, channel_subscribe, channel_unsubscribe
 
@@ -326,16 +364,64 @@ def test_presence_signals_carry_the_browsers_user(client):
         user("alice").set_password("demo")
         client.login(username="alice", password="demo")
         cookie = f"{django_settings.SESSION_COOKIE_NAME}={client.cookies['sessionid'].value}"
-        presence = DjangoPresence(lambda f, *args: succeed(f(*args)))
+        clock = Clock()
+        presence = DjangoPresence(clock, lambda f, *args: succeed(f(*args)))
         browser = type("Browser", (), {"cookie": cookie, "lasting": True})()
         stranger = type("Browser", (), {"cookie": "sessionid=forged", "lasting": True})()
         presence.joined(browser, "room")
+        clock.advance(1)
         presence.left(browser, "room")
         presence.joined(stranger, "room")
+        clock.advance(1)
         assert heard == [("alice", "room"), ("alice", "room"), ("anonymous", "room")]
     finally:
         channel_subscribe.disconnect(receiver)
         channel_unsubscribe.disconnect(receiver)
+
+
+def test_presence_sends_one_batch_at_a_time_coalescing_what_waits():
+    """A connection re-subscribing in a loop queues nothing; batches go one at a
+    time, at most one per PRESENCE_INTERVAL."""
+    from twisted.internet.defer import Deferred
+    from twisted.internet.task import Clock
+
+    from django_adapter.signals import (
+        PRESENCE_INTERVAL,
+        DjangoPresence,
+        channel_subscribe,
+    )
+
+    def receiver(**kwargs):
+        pass
+
+    batches = []
+    sending = []
+
+    def defer_to_thread(function, batch):
+        batches.append([(s is channel_subscribe, cookie, channel) for s, cookie, channel in batch])
+        sending.append(Deferred())
+        return sending[-1]
+
+    channel_subscribe.connect(receiver)
+    try:
+        clock = Clock()
+        presence = DjangoPresence(clock, defer_to_thread)
+        a, b = (type("Browser", (), {"cookie": name, "http_headers": {}})() for name in "ab")
+        presence.joined(a, "room")
+        clock.advance(0)
+        for _ in range(3000):  # while the first batch is being sent
+            presence.left(a, "room")
+            presence.joined(a, "room")
+        presence.joined(b, "room")
+        presence.joined(b, "other")
+        presence.left(b, "other")
+        clock.advance(10)
+        assert batches == [[(True, "a", "room")]]  # one at a time
+        sending[0].callback(None)
+        clock.advance(PRESENCE_INTERVAL)
+        assert batches[1:] == [[(True, "b", "room")]]
+    finally:
+        channel_subscribe.disconnect(receiver)
 
 
 @pytest.mark.integration
@@ -364,22 +450,21 @@ def test_view_name_serializer(settings):
     spec = updates.parse_spec(
         {"name": "c", "model": Counter, "params": {"pk": 1}, "serializer": "counter_json"}, "t"
     )
-    updates.register([spec], user("alice"))
+    updates.register([spec], user("alice"), TTL)
     (item,) = updates.publications(counter, updates.matching_groups(counter))
     assert item[1:] == ({"value": 9, "viewer": "alice"}, "c")
 
 
 @pytest.mark.django_db
-def test_globals_add_specs_to_every_page(settings):
-    from demo import views
-
-    settings.SERVERPUSH_GLOBALS = ["tests.globals_for_tests.site_update"]
-    request = RequestFactory().get("/chat/")
-    request.user = AnonymousUser()
-    names = [spec.name for spec in updates.page_specs(request, views.chat)]
-    assert names == ["site_counter"]
-    names = [spec.name for spec in updates.page_specs(request, views.index)]
-    assert names == ["counter", "site_counter"]
+def test_globals_add_specs_to_every_page_that_takes_a_position(settings):
+    settings.SERVERPUSH_GLOBALS = [f"{__name__}.site_update"]
+    request = RequestFactory().get("/")
+    request.user = user("alice")
+    middleware = ServerPushMiddleware(lambda r: None)
+    middleware.process_view(request, plain, (), {})
+    assert [name for _, name in request.serverpush.channels] == ["site_counter"]
+    middleware.process_view(request, me, (), {})
+    assert [name for _, name in request.serverpush.channels] == ["score", "site_counter"]
 
 
 @pytest.mark.integration
@@ -389,9 +474,8 @@ def test_deleted_rows_reach_pages_marked_deleted(push):
     score = Score.objects.create(user=alice, points=3)
     request = RequestFactory().get("/")
     request.user = alice
-    from demo import views
 
-    ServerPushMiddleware(lambda r: None).process_view(request, views.me, (), {})
+    ServerPushMiddleware(lambda r: None).process_view(request, me, (), {})
     score.delete()
     messages = poll(push, request.serverpush.channels[0][0], request.serverpush.since)
     assert [m["data"] for m in messages] == [{"points": 3, "for": "alice", "deleted": True}]

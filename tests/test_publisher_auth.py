@@ -105,6 +105,22 @@ def test_django_publishes_with_its_setting(keyed, settings):
     assert poll(keyed, "news", since) == ["with the key"]
 
 
+@pytest.mark.integration
+@pytest.mark.django_db
+def test_a_page_renders_when_the_publisher_key_does_not_match(keyed, settings, client, caplog):
+    """A key rotation half done: pages still render (they reset on connect), and
+    the mismatch is logged, rather than a 500 on every live page."""
+    settings.SERVERPUSH_NOTIFIER_PORT = keyed.notifier_port
+    settings.SERVERPUSH_PUBLISHER_KEY = "not the server's"
+    try:
+        response = client.get("/chat/")
+    finally:
+        get_client().close()
+    assert response.status_code == 200
+    assert b'<div id="generated_timestamp" style="display:none">0</div>' in response.content
+    assert "refused SERVERPUSH_PUBLISHER_KEY" in caplog.text
+
+
 def test_django_takes_the_key_from_the_environment_too(settings, monkeypatch):
     monkeypatch.setenv("SERVERPUSH_PUBLISHER_KEY", "from env")
     assert get_client().key == "from env"

@@ -36,6 +36,11 @@ MAX_ANSWER = 1024 * 1024
 """Answers are small (positions, error texts); anything bigger is not the push server."""
 
 
+_SLACK = 0.01
+"""How far past a call's deadline a blocking read or write may end (seconds)."""
+_TICK = 1e-6
+"""The shortest kernel timeout: a zero timeval would mean none."""
+
 _DONTWAIT = int(socket.MSG_DONTWAIT)
 _PEEK = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
 
@@ -56,20 +61,31 @@ _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=Fa
 """One encoder for every update: ``json.dumps`` with options builds one per call."""
 
 
-def encode_data(data: Any) -> bytes:
+def encode_data(data: Any, encoder: json.JSONEncoder = _JSON) -> bytes:
     """Python value to compact UTF-8 JSON, as the notifier expects (no NaN or Infinity)."""
     try:
-        return _JSON.encode(data).encode()
-    except ValueError as e:
+        return encoder.encode(data).encode()
+    except (TypeError, ValueError) as e:
         raise BadData(f"data is not JSON: {e}") from None
+
+
+def encode_update(
+    channel: str, data: Any, name: str | None = None, encoder: json.JSONEncoder = _JSON
+) -> bytes:
+    """One update checked and encoded for :meth:`PushClient.send_encoded`: bad input
+    raises here, before anything is sent (or queued to be sent later)."""
+    return update_box(check_channel(channel), encode_data(data, encoder), check_name(name))
 
 
 class PushClient:
     """One connection to the AMP notifier; not thread-safe, keep one per thread.
 
-    A call is one send and one receive. The socket is blocking with kernel
-    timeouts (SO_SNDTIMEO, SO_RCVTIMEO): a Python socket timeout would cost a
-    poll() before each. The answer is polled for during ``spin`` seconds before
+    A call is one send and one receive, within one deadline of ``timeout``
+    seconds from its start (connecting and authenticating included), however the
+    server trickles its answer. The socket is blocking with kernel timeouts
+    (SO_SNDTIMEO, SO_RCVTIMEO), shortened to the time left only when a call needs
+    more than one read or write: a Python socket timeout would cost a poll()
+    before each. The answer is polled for during ``spin`` seconds before
     the thread sleeps on it: on a virtual machine, waking a sleeping thread on
     another CPU can take longer than the push server takes to answer (measured:
     3,200 calls/s without, 4,600 with 0.2 ms; docs/benchmarks.md). 0 turns it off.
@@ -95,27 +111,25 @@ class PushClient:
         self._sock: socket.socket | None = None
         self._reader = BoxReader(MAX_ANSWER)
         self._tag = 0
+        self._armed: dict[int, float] = {}
 
     def send_update(self, channel: str, data: Any, name: str | None = None) -> int:
         """Publish ``data`` (any JSON-serializable value); return its ``ts``."""
-        box = update_box(check_channel(channel), encode_data(data), check_name(name))
-        return self._call(SendUpdate, box)["ts"]
+        return self.send_encoded([encode_update(channel, data, name)])[0]
 
     def send_updates(self, updates: Iterable[Sequence[Any]]) -> list[int]:
         """Publish ``(channel, data[, name])`` items in order; return their ``ts``.
 
         Items go in as few ``SendUpdates`` commands as AMP's 64 KiB value limit
-        allows; each command is stored all or nothing.
+        allows (one item alone: ``SendUpdate``); each is stored all or nothing.
         """
-        boxes = [
-            update_box(
-                check_channel(u[0]), encode_data(u[1]), check_name(u[2] if len(u) > 2 else None)
-            )
-            for u in updates
-        ]
+        return self.send_encoded([encode_update(*u) for u in updates])
+
+    def send_encoded(self, boxes: list[bytes]) -> list[int]:
+        """Publish updates made by :func:`encode_update`, in order; return their ``ts``."""
         stamps: list[int] = []
         for batch in _batches(boxes):
-            if len(batch) == 1 and len(batch[0]) > CHUNK:
+            if len(batch) == 1:
                 stamps.append(self._call(SendUpdate, batch[0])["ts"])
             else:
                 arguments = pack_box([(b"updates", b"".join(batch))])
@@ -138,30 +152,42 @@ class PushClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _connect(self) -> socket.socket:
+    def _connect(self, deadline: float) -> None:
         if self._sock is not None and _closed_by_peer(self._sock):
             self.close()
         if self._sock is None:
             try:
-                sock = socket.create_connection((self.host, self.port), self.timeout)
+                sock = socket.create_connection(
+                    (self.host, self.port), max(deadline - time.monotonic(), _TICK)
+                )
             except OSError as e:
                 raise PushServerUnavailable(
                     f"push server notifier at {self.host}:{self.port} is unreachable: {e}"
                 ) from None
             sock.settimeout(None)
-            seconds, fraction = divmod(self.timeout, 1)
-            timeval = struct.pack("ll", int(seconds), int(fraction * 1_000_000))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._sock = sock
+            self._armed = {}
             if self.key is not None:
-                self._authenticate(self.key)
-        return self._sock
+                self._authenticate(self.key, deadline)
 
-    def _authenticate(self, key: str) -> None:
+    def _arm(self, option: int, deadline: float) -> None:
+        """Bound the next blocking read or write by the call's deadline: a kernel
+        timeout set only when the one set differs from the time left by more than
+        _SLACK (so a call that needs one read and one write sets none)."""
+        assert self._sock is not None
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise BlockingIOError("deadline passed")
+        if abs(self._armed.get(option, 0.0) - left) > _SLACK:
+            seconds, fraction = divmod(max(left, _TICK), 1)
+            timeval = struct.pack("ll", int(seconds), max(int(fraction * 1_000_000), 1))
+            self._sock.setsockopt(socket.SOL_SOCKET, option, timeval)
+            self._armed[option] = left
+
+    def _authenticate(self, key: str, deadline: float) -> None:
         try:
-            self._ask(Authenticate, pack_box([(b"key", key.encode())]))
+            self._ask(Authenticate, pack_box([(b"key", key.encode())]), deadline)
         except Unauthorized:
             self.close()
             raise Unauthorized(
@@ -170,9 +196,10 @@ class PushClient:
 
     def _call(self, command: type[amp.Command], arguments: bytes) -> dict[str, Any]:
         """Send ``command`` with its ``arguments`` box (from :func:`pack_box`); its answer."""
-        self._connect()
+        deadline = time.monotonic() + self.timeout
+        self._connect(deadline)
         try:
-            return self._ask(command, arguments)
+            return self._ask(command, arguments, deadline)
         except Unauthorized as e:
             if self.key is not None:
                 raise
@@ -181,16 +208,14 @@ class PushClient:
                 f"(PushClient(key=...), SERVERPUSH_PUBLISHER_KEY): {e.message}"
             ) from None
 
-    def _ask(self, command: type[amp.Command], arguments: bytes) -> dict[str, Any]:
+    def _ask(self, command: type[amp.Command], arguments: bytes, deadline: float) -> dict[str, Any]:
         """One exchange on the open connection."""
-        sock = self._sock
-        assert sock is not None
         self._tag += 1
         tag = b"%x" % self._tag
         head = pack_pairs([(b"_command", command.commandName), (b"_ask", tag)])
         try:
-            sock.sendall(head + arguments)
-            answer = self._read_box()
+            self._send_all(head + arguments, deadline)
+            answer = self._read_box(deadline)
         except BlockingIOError:
             self.close()
             raise PushServerUnavailable(
@@ -214,9 +239,17 @@ class PushClient:
         self.close()
         raise PushServerUnavailable(f"unexpected answer from the push server: {answer!r}")
 
-    def _read_box(self) -> dict[bytes, bytes]:
+    def _send_all(self, data: bytes, deadline: float) -> None:
+        assert self._sock is not None
+        view = memoryview(data)
+        while view:
+            self._arm(socket.SO_SNDTIMEO, deadline)
+            view = view[self._sock.send(view) :]
+
+    def _read_box(self, deadline: float) -> dict[bytes, bytes]:
         assert self._sock is not None
         while True:
+            self._arm(socket.SO_RCVTIMEO, deadline)
             data = _receive(self._sock, self.spin)
             if not data:
                 raise EOFError("connection closed by the push server")

@@ -1,4 +1,4 @@
-"""The demo's pages: a live counter, a per-user score and a chat."""
+"""The demo's pages: a live counter, a per-user score and a chat (also over WAMP)."""
 
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
@@ -6,7 +6,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 
 from demo.models import ChatMessage, Counter, Score
-from django_adapter import send_update
+from django_adapter import page_position, send_update
 
 
 def index(request: HttpRequest) -> HttpResponse:
@@ -19,8 +19,15 @@ def index(request: HttpRequest) -> HttpResponse:
 
 
 def index_update(request: HttpRequest) -> list[dict]:
-    """What the page follows: saves of Counter 1, sent as its fields (no 'data' given)."""
-    return [{"name": "counter", "model": Counter, "params": {"pk": 1}}]
+    """What the page follows: saves of Counter 1, sent as the fields it names."""
+    return [
+        {
+            "name": "counter",
+            "model": Counter,
+            "params": {"pk": 1},
+            "data": {"value": "object.value"},
+        }
+    ]
 
 
 def score_for_page(request: HttpRequest, score: Score, data: dict | None) -> dict:
@@ -75,5 +82,13 @@ def chat(request: HttpRequest) -> HttpResponse:
         if request.headers.get("x-requested-with") == "fetch":
             return HttpResponse(status=204)
         return redirect("chat")
+    page_position(request)  # before the read: a message saved after it reaches the page
     messages = list(ChatMessage.objects.all()[:50])[::-1]
     return render(request, "demo/chat.html", {"messages": messages})
+
+
+def wamp_chat(request: HttpRequest) -> HttpResponse:
+    """The chat, followed by AutobahnJS (WAMP) instead of serverpush.js."""
+    page_position(request)  # before the read: a message saved after it reaches the page
+    messages = list(ChatMessage.objects.all()[:50])[::-1]
+    return render(request, "demo/wamp.html", {"messages": messages})

@@ -1,31 +1,28 @@
-"""``{% load serverpush %}``: ``{% serverpush_js %}`` and ``{% serverpush_token %}``."""
+"""``{% load serverpush %}``: ``{% serverpush_js %}``, ``{% serverpush_token %}`` and
+``{% serverpush_wamp_config %}`` (for AutobahnJS pages)."""
 
 from __future__ import annotations
 
 import json
-import time
-from fnmatch import fnmatchcase
 from typing import Any
 
 from django import template
-from django.conf import settings as django_settings
 from django.http.request import split_domain_port
 from django.templatetags.static import static
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
 from django_adapter.conf import settings
-from twistedpush.access import check_channel, sign_token
+from django_adapter.middleware import channel_token
 
 register = template.Library()
 
 
-def token_for(channel: str) -> str | None:
-    """A token opening ``channel`` for SERVERPUSH_TOKEN_TTL seconds; None for public ones."""
-    check_channel(channel)
-    if any(fnmatchcase(channel, glob) for glob in settings.PUBLIC):
-        return None
-    return sign_token(settings.secret, channel, int(time.time()) + int(settings.TOKEN_TTL))
+def token_for(context: template.Context, channel: str) -> str | None:
+    """The token the page gets for ``channel`` (None for a public one): through the
+    request's page state, which hands real tokens out only with a 2xx response."""
+    state = getattr(context.get("request"), "serverpush", None)
+    return state.token(channel) if state is not None else channel_token(channel)
 
 
 def push_url(request: Any) -> str:
@@ -42,7 +39,7 @@ def push_url(request: Any) -> str:
 @register.simple_tag(takes_context=True)
 def serverpush_token(context: template.Context, channel: str) -> str:
     """The token for ``channel`` (empty for a public channel)."""
-    return token_for(channel) or ""
+    return token_for(context, channel) or ""
 
 
 @register.simple_tag(takes_context=True)
@@ -64,10 +61,10 @@ def serverpush_js(context: template.Context, *channels: str) -> SafeString:
     config = {
         "url": push_url(request),
         "since": since,
-        "subscriptions": [{"channel": c, "token": token_for(c)} for c in names],
+        "subscriptions": [{"channel": c, "token": token_for(context, c)} for c in names],
     }
     payload = json.dumps(config).replace("<", "\\u003c").replace(">", "\\u003e")
-    if getattr(django_settings, "SERVERPUSH_JS_FROM_PUSH_SERVER", False):
+    if settings.JS_FROM_PUSH_SERVER:
         script = f"{config['url']}/static/serverpush.js"
     else:
         script = static("serverpush/serverpush.js")
@@ -79,3 +76,33 @@ def serverpush_js(context: template.Context, *channels: str) -> SafeString:
         mark_safe(payload),
         script,
     )
+
+
+def websocket_url(push: str) -> str:
+    """The push server's /ws for a page: ``http(s)://`` becomes ``ws(s)://``."""
+    scheme, _, rest = push.partition("://")
+    return f"{'wss' if scheme == 'https' else 'ws'}://{rest}/ws"
+
+
+@register.simple_tag(takes_context=True)
+def serverpush_wamp_config(context: template.Context, *channels: str) -> SafeString:
+    """``window.SERVERPUSH_WAMP``: what an AutobahnJS page needs instead of serverpush.js.
+
+    ``{"url", "realm", "since", "subscriptions": [{"topic", "token"}]}`` for the
+    page's ``<view>_update`` channels and those named as arguments; the page
+    subscribes to each topic with the options ``_token`` and ``_since`` (the
+    last ``details.publication`` it saw, else ``since``). The realm is
+    ``SERVERPUSH_WAMP_REALM``, which runserverpush passes on as ``--wamp-realm``.
+    """
+    request = context.get("request")
+    state = getattr(request, "serverpush", None)
+    names = [channel for channel, _ in state.channels] if state is not None else []
+    names += [c for c in channels if c not in names]
+    config = {
+        "url": websocket_url(push_url(request)),
+        "realm": settings.WAMP_REALM,
+        "since": state.since if state is not None else None,
+        "subscriptions": [{"topic": c, "token": token_for(context, c)} for c in names],
+    }
+    payload = json.dumps(config).replace("<", "\\u003c").replace(">", "\\u003e")
+    return format_html("<script>window.SERVERPUSH_WAMP = {};</script>", mark_safe(payload))

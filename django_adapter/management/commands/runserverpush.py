@@ -9,6 +9,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from django_adapter.conf import settings
 from django_adapter.signals import DjangoPresence
+from django_adapter.updates import glob_opens_groups
 from twistedpush.tap import Options, build_service, check_ports
 
 REPEATABLE = {
@@ -35,12 +36,14 @@ def server_arguments() -> list[str]:
         str(settings.HISTORY_TTL),
         "--secret",
         settings.secret,
+        "--wamp-realm",
+        settings.WAMP_REALM,
     ]
     for option, setting in REPEATABLE.items():
         for value in getattr(settings, setting):
             args += [f"--{option}", value]
-    if settings.REDIS_URL:
-        args += ["--redis", settings.REDIS_URL]
+    for url in settings.redis_urls:
+        args += ["--redis", url]
     if settings.publisher_key:
         args += ["--publisher-key", settings.publisher_key]
     return args
@@ -62,9 +65,18 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         from twisted.internet import reactor, threads
-        from twisted.logger import globalLogBeginner, textFileLogObserver
+        from twisted.logger import (
+            FilteringLogObserver,
+            LogLevel,
+            LogLevelFilterPredicate,
+            globalLogBeginner,
+            textFileLogObserver,
+        )
 
         argv = server_arguments()
+        if options.get("redis") is not None:  # replaces the setting's Redis (every shard)
+            pairs = zip(argv[::2], argv[1::2], strict=True)
+            argv = [arg for pair in pairs if pair[0] != "--redis" for arg in pair]
         for name, *_ in Options.optParameters:
             if options.get(name) is not None:
                 argv += [f"--{name}", str(options[name])]
@@ -73,11 +85,26 @@ class Command(BaseCommand):
                 argv += [f"--{option}", value]
         server_options = Options()
         server_options.parseOptions(argv)
+        opening = [glob for glob in server_options["public"] if glob_opens_groups(glob)]
+        if opening:
+            raise CommandError(
+                f"--public {opening[0]!r} matches page-group channels (sp.<name>.<digest>): "
+                "it would open every user's <view>_update data to anyone"
+            )
+        # AMP logs each connection: one per Django thread. -v 2 shows them.
+        quiet = LogLevelFilterPredicate(LogLevel.info)
+        if options["verbosity"] < 2:
+            quiet.setLogLevelForNamespace("twisted.protocols.amp", LogLevel.warn)
         try:
             check_ports(server_options, reactor)  # a taken port stops here, before listening
             service = build_service(server_options, reactor)
-            service.hub.presence.append(DjangoPresence(lambda *a: threads.deferToThread(*a)))
-            globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
+            presence = DjangoPresence(
+                reactor, threads.deferToThread, server_options["allowed-origin"]
+            )
+            service.hub.presence.append(presence)
+            globalLogBeginner.beginLoggingTo(
+                [FilteringLogObserver(textFileLogObserver(sys.stdout), [quiet])]
+            )
             service.startService()  # listens now
         except Exception as e:
             raise CommandError(f"cannot start the push server: {e}") from None
