@@ -98,20 +98,23 @@ def check_middleware() -> Messages:
 
 @_check
 def check_context_processors() -> Messages:
-    """E003: our context processor; E004: the request one, which the tags need."""
+    """W003: our context processor (for the template variables); E004: the request
+    one, which the tags need."""
     processors = [
         p
         for backend in getattr(django_settings, "TEMPLATES", [])
         if backend.get("BACKEND") == "django.template.backends.django.DjangoTemplates"
         for p in backend.get("OPTIONS", {}).get("context_processors", [])
     ]
-    errors = []
+    errors: Messages = []
     if CONTEXT_PROCESSOR not in processors:
         errors.append(
-            _error(
-                f"{CONTEXT_PROCESSOR} is not a context processor.",
-                "Add it to TEMPLATES[...]['OPTIONS']['context_processors'].",
-                "E003",
+            checks.Warning(
+                f"{CONTEXT_PROCESSOR} is not a context processor: templates cannot use "
+                "{{ generated_timestamp }} or {{ serverpush }}.",
+                hint="Add it to TEMPLATES[...]['OPTIONS']['context_processors'] "
+                "({% serverpush_js %} works without it).",
+                id="django_adapter.W003",
             )
         )
     if "django.template.context_processors.request" not in processors:
@@ -318,6 +321,23 @@ def check_auth_installed() -> Messages:
         return []
     return [
         _error("django.contrib.auth is not installed.", "Specs are serialized per user.", "E009")
+    ]
+
+
+@_check
+def check_staticfiles() -> Messages:
+    """W004: {% serverpush_js %} loads the client through staticfiles: without it the
+    page renders and never goes live, with nothing but a 404 in the log."""
+    if apps.is_installed("django.contrib.staticfiles") or settings.JS_FROM_PUSH_SERVER:
+        return []
+    return [
+        checks.Warning(
+            "django.contrib.staticfiles is not installed: {% serverpush_js %} loads "
+            "the browser client from STATIC_URL, which nothing serves then.",
+            hint="Add django.contrib.staticfiles to INSTALLED_APPS, or set "
+            "SERVERPUSH_JS_FROM_PUSH_SERVER = True to load it from the push server.",
+            id="django_adapter.W004",
+        )
     ]
 
 

@@ -95,6 +95,14 @@ def parse_spec(raw: Any, where: str) -> Spec:
     data = raw.get("data")
     if data is not None and not isinstance(data, dict):
         raise ImproperlyConfigured(f"{where}: 'data' must be a dict")
+    for key, value in (data or {}).items():
+        # A typo here would otherwise show only when a row is saved, in the saving process.
+        if isinstance(value, str) and value.startswith("object."):
+            attribute = value.split(".")[1]
+            if not hasattr(model, attribute):
+                raise ImproperlyConfigured(
+                    f"{where}: 'data' {key!r}: {model.__name__} has no {attribute!r} (in {value!r})"
+                )
     serializer = raw.get("serializer", "")
     if callable(serializer):
         path = f"{serializer.__module__}.{serializer.__qualname__}"

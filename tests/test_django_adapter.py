@@ -269,7 +269,28 @@ def test_spin_setting_reaches_the_client(settings):
 def test_check_context_processor(settings):
     settings.TEMPLATES = [{**settings.TEMPLATES[0], "OPTIONS": {"context_processors": []}}]
     ids = {message.id for message in check_settings()}
-    assert {"django_adapter.E003", "django_adapter.E004"} <= ids
+    # Only the request processor is needed by the tags; ours gives template variables.
+    assert {"django_adapter.W003", "django_adapter.E004"} <= ids
+    assert "django_adapter.E003" not in ids
+
+
+def test_check_warns_when_nothing_serves_the_client_script(settings):
+    settings.INSTALLED_APPS = [a for a in settings.INSTALLED_APPS if "staticfiles" not in a]
+    ids = {message.id for message in check_settings()}
+    assert "django_adapter.W004" in ids
+    settings.SERVERPUSH_JS_FROM_PUSH_SERVER = True
+    assert "django_adapter.W004" not in {message.id for message in check_settings()}
+
+
+def test_a_data_path_naming_no_attribute_is_refused_at_registration():
+    from django.contrib.auth.models import User
+    from django.core.exceptions import ImproperlyConfigured
+
+    with pytest.raises(ImproperlyConfigured, match=r"'name'.*User has no 'usernme'"):
+        updates.parse_spec(
+            {"name": "n", "model": User, "params": {"pk": 1}, "data": {"name": "object.usernme"}},
+            "demo.views.typo_update",
+        )
 
 
 # Against a real push server
