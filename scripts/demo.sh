@@ -20,6 +20,7 @@ serve_django() {
 
 main() {
   ensure_venv
+  npm_ci
   echo "== installing twistedpush into .venv (developer install)"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check \
     --config-settings editable_mode=compat -e .

@@ -19,3 +19,11 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$1" >/dev/null
   fi
 }
+
+# npm_ci: the npm packages pages use (AutobahnJS for the /wamp/ demo), into ./node_modules
+# from package-lock.json. Node and npm come with the machine; there is no fallback.
+npm_ci() {
+  command -v npm >/dev/null || { echo "npm is not installed (Node 20 with npm is needed)" >&2; exit 1; }
+  echo "== npm ci (package-lock.json)"
+  npm ci --no-audit --no-fund --loglevel=error
+}

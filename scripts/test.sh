@@ -17,6 +17,7 @@ apt_install faketime faketime
 apt_install gcc gcc
 
 ensure_venv
+npm_ci
 echo "== installing twistedpush and test tools into .venv (developer install)"
 "$VENV/bin/pip" install --quiet --disable-pip-version-check \
   --config-settings editable_mode=compat -e ".[test]"

@@ -438,3 +438,100 @@ def test_reset_can_be_handled_by_the_page(demo, context):
     start = counter(page)
     demo.visit("/")
     wait_counter(page, start + 1)  # still live after the reset
+
+
+# The /wamp/ page: the chat through AutobahnJS (npm package autobahn-browser)
+
+
+AUTOBAHN_JS = ROOT / "node_modules" / "autobahn-browser" / "autobahn.min.js"
+
+
+def wamp_page(context, url: str):
+    if not AUTOBAHN_JS.exists():
+        pytest.fail("AutobahnJS is not installed: run `npm ci` at the repository root")
+    page = context.new_page()
+    page.goto(url)
+    wait_state(page, "live over WAMP")
+    return page
+
+
+def received(page) -> int:
+    return int(page.text_content("#received"))
+
+
+def chat_update(port: str, id: int, text: str) -> int:
+    """A chat message as the chat view publishes it, sent to the notifier on ``port``."""
+    from twistedpush.client import PushClient
+
+    message = {"id": id, "author": "test", "text": text}
+    return PushClient(port=int(port)).send_update("demo.chat", message, name="chat_message")
+
+
+def test_wamp_page_explains_itself_and_is_live_with_v1_pages(demo, context):
+    reader = wamp_page(context, demo.url + "/wamp/")
+    assert "AutobahnJS subscribes to the topic demo.chat" in " ".join(
+        reader.text_content("#what").split()
+    )
+    assert inspect.getsource(views.wamp_chat) in reader.text_content("#code-python")
+    shown = reader.text_content("#code-template")
+    assert "{% serverpush_wamp_config" in shown and "new autobahn.Connection" in shown
+    script = reader.evaluate("document.querySelector('script[src$=\"autobahn.min.js\"]').src")
+    assert script == demo.url + "/static/autobahn/autobahn.min.js"  # from Django's static files
+    writer = context.new_page()
+    writer.goto(demo.url + "/chat/")  # the v1 client
+    wait_state(writer, "live over WebSocket")
+    writer.fill("#text", "from serverpush.js")
+    writer.click("#say button")
+    reader.wait_for_selector("#messages li.changed >> text=from serverpush.js")
+    assert received(reader) == 1
+    reader.fill("#text", "from AutobahnJS")
+    reader.click("#say button")
+    writer.wait_for_selector("#messages li.changed >> text=from AutobahnJS")
+    reader.wait_for_selector("#messages li >> text=from AutobahnJS")
+
+
+def test_wamp_page_rendered_before_updates_catches_up_with_since(demo, context):
+    html = demo.visit("/wamp/")  # rendered now, reaching the browser later
+    stale = StaleHTML(html, demo)
+    try:
+        port = demo.env["DEMO_NOTIFIER_PORT"]
+        chat_update(port, 900001, "published before the page loaded")
+        last = chat_update(port, 900002, "this one too")
+        page = wamp_page(context, stale.url)
+        page.wait_for_selector('#messages li[data-id="900002"]')
+        assert page.is_visible('#messages li[data-id="900001"]')
+        assert received(page) == 2
+        assert page.text_content("#resume") == str(last)
+    finally:
+        stale.close()
+
+
+def test_wamp_page_resumes_from_its_last_publication_after_a_restart(
+    tmp_path, context, push_server
+):
+    redis = RedisServer(tmp_path).start()
+    site = DemoSite(tmp_path, redis.url).start()
+    try:
+        other_node = push_server("--redis", redis.url, "--public", "demo.*")
+        page = wamp_page(context, site.url + "/wamp/")
+        page.evaluate("window.beforeRestart = true")
+        first = chat_update(site.env["DEMO_NOTIFIER_PORT"], 900011, "before the restart")
+        page.wait_for_selector('#messages li[data-id="900011"]')
+        assert page.text_content("#resume") == str(first)
+        site.stop_push()
+        # Published while the page's push server is down, through another node on the
+        # same Redis: the page can only get them by resuming from ``first``.
+        chat_update(str(other_node.notifier_port), 900012, "while it was down")
+        missed = chat_update(str(other_node.notifier_port), 900013, "this one too")
+        site.start_push()
+        page.wait_for_selector('#messages li[data-id="900013"]', timeout=30000)
+        assert page.is_visible('#messages li[data-id="900012"]')
+        assert page.text_content("#resume") == str(missed)
+        live = chat_update(site.env["DEMO_NOTIFIER_PORT"], 900014, "live again")
+        page.wait_for_selector('#messages li[data-id="900014"]')
+        assert received(page) == 4  # each once: a repeat would have come before the live one
+        assert page.text_content("#resume") == str(live)
+        assert page.evaluate("window.beforeRestart") is True  # resumed, not reloaded
+    finally:
+        site.stop()
+        redis.stop(signal.SIGKILL)

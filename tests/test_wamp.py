@@ -8,6 +8,7 @@ import json
 import pytest
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.wamp import message
+from autobahn.wamp.exception import ProtocolError
 from twisted.internet.defer import fail
 from twisted.test.iosim import connectedServerAndClient
 
@@ -463,6 +464,7 @@ def test_a_publish_without_acknowledge_is_dropped_silently(ws):
     "payload",
     [
         b"not json",
+        b'[32, 1, {"_since": NaN}, "pub.a"]',  # not JSON, as browsers read it
         b'{"type": "subscribe"}',
         b"[]",
         b'["32", 1, {}, "pub.a"]',
@@ -494,6 +496,11 @@ def test_malformed_messages_abort_with_protocol_violation(ws, payload):
     assert details["message"]
     assert client.closed == 1002
     assert hub.stats()["subscriptions"] == 0
+
+
+def test_json_nested_too_deeply_is_a_protocol_violation():
+    with pytest.raises(ProtocolError, match="not JSON"):
+        wamp.parse(b"[" * 100_000 + b"]" * 100_000, False)
 
 
 @pytest.mark.parametrize(
@@ -695,6 +702,14 @@ def test_origin_policy_applies_to_wamp():
     good, _ = connect(site, clock, origin="http://good.example")
     assert bad.state != bad.STATE_OPEN and good.state == good.STATE_OPEN
     assert "[403]" in bad.close_reason
+
+
+def test_connection_caps_apply_to_wamp():
+    hub, clock, site = setup(max_connections_per_ip=1)
+    first, _ = connect(site, clock)
+    second, _ = connect(site, clock)
+    assert first.state == first.STATE_OPEN and second.state != second.STATE_OPEN
+    assert "[503]" in second.close_reason
 
 
 def test_sessions_count_as_websockets_and_carry_the_cookie_to_presence():

@@ -68,6 +68,9 @@ TIME_ZONE = "UTC"
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/me/"
 STATIC_URL = "/static/"
+# AutobahnJS for /wamp/: the npm package autobahn-browser, which scripts/demo.sh and
+# scripts/test.sh install with `npm ci` at the repository root.
+STATICFILES_DIRS = [("autobahn", BASE_DIR.parent / "node_modules" / "autobahn-browser")]
 
 SERVERPUSH_PORT = int(os.environ.get("DEMO_PUSH_PORT", 8013))
 SERVERPUSH_NOTIFIER_PORT = int(os.environ.get("DEMO_NOTIFIER_PORT", 8014))
