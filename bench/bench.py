@@ -95,6 +95,7 @@ class Peer:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
     history: bool = True  # can replay from a position
+    scenarios: tuple[str, ...] | None = None  # the scenarios run on it (default: all)
 
     def pids(self) -> list[int]:
         assert self.process is not None
@@ -190,10 +191,10 @@ class AMPPublisher:
 
 
 class TwistedPush(Peer):
-    def __init__(self, name: str, redis_url: str | None = None) -> None:
+    def __init__(self, name: str, *redis_urls: str) -> None:
         super().__init__(name)
         self.notifier = free_port()
-        self.redis_url = redis_url
+        self.redis_urls = redis_urls
 
     def start(self, workdir: Path) -> None:
         twistd = shutil.which("twistd", path=str(Path(sys.executable).parent)) or "twistd"
@@ -202,8 +203,8 @@ class TwistedPush(Peer):
                 "--notifier", f"tcp:{self.notifier}:interface=127.0.0.1",
                 "--max-connections", "30000", "--max-connections-per-ip", "30000",
                 "--max-pending-bytes", str(64 * 1024 * 1024)]  # fmt: skip
-        if self.redis_url:
-            args += ["--redis", self.redis_url]
+        for url in self.redis_urls:
+            args += ["--redis", url]
         log = open(workdir / f"{self.name}.log", "wb")
         self.process = subprocess.Popen(args, stdout=log, stderr=log)
         wait_port(self.port)
@@ -224,6 +225,45 @@ class TwistedPush(Peer):
 
     async def publisher(self) -> Callable:
         return await AMPPublisher(self.notifier).open()
+
+
+class TwistedPushShards(TwistedPush):
+    """Two twistedpush nodes on two Redis shards (the run's Redis and one of its own):
+    subscribers connect to each node in turn, publishers to each notifier in turn."""
+
+    def __init__(self, name: str, redis_url: str) -> None:
+        super().__init__(name, redis_url)
+        self.scenarios = ("fanout_1", "fanout_8", "fanout_32", "latency", "catch_up")
+        self.nodes: list[TwistedPush] = []
+        self.second: Redis | None = None
+        self._turn = 0
+
+    def start(self, workdir: Path) -> None:
+        self.second = Redis(workdir)
+        urls = (*self.redis_urls, self.second.url)
+        self.nodes = [TwistedPush(f"{self.name}-{n}", *urls) for n in range(2)]
+        for node in self.nodes:
+            node.start(workdir)
+        self.port, self.notifier = self.nodes[0].port, self.nodes[0].notifier
+
+    def pids(self) -> list[int]:
+        return [pid for node in self.nodes for pid in node.pids()]
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        if self.second is not None:
+            self.second.stop()
+
+    def _next(self) -> TwistedPush:
+        self._turn += 1
+        return self.nodes[self._turn % 2]
+
+    def ws_url(self, channels: list[str], replay: bool = False) -> str:
+        return self._next().ws_url(channels, replay)
+
+    async def publisher(self) -> Callable:
+        return await self._next().publisher()
 
 
 class Nchan(Peer):
@@ -573,6 +613,8 @@ async def run_peer(peer: Peer, size: dict) -> dict:
         ("catch_up", lambda: catch_up(peer, size["catch_clients"], size["catch_backlog"])),
         ("publisher", lambda: asyncio.to_thread(django_publisher, peer, size["pub_seconds"])),
     ]  # fmt: skip
+    if peer.scenarios is not None:
+        scenarios = [(name, run) for name, run in scenarios if name in peer.scenarios]
     results: dict = {}
     for name, run in scenarios:
         print(f"[{peer.name}] {name}", flush=True)
@@ -732,6 +774,7 @@ def main() -> None:
         peers: list[Peer] = [
             TwistedPush("twistedpush"),
             TwistedPush("twistedpush-redis", redis.url),
+            TwistedPushShards("twistedpush-shards", redis.url),
             Nchan("nchan"),
             Channels("channels", redis.url),
         ]

@@ -81,10 +81,11 @@ class PageState:
         return self.position()
 
     def token(self, channel: str) -> str | None:
-        """What the page shows for ``channel``'s token (None for a public channel)."""
+        """What the page shows for ``channel``'s token (None for a public channel): letters,
+        digits and "_" only, which read the same after any escaping (escapejs, urlencode)."""
         if _is_public(channel):
             return None
-        return self._stand_ins.setdefault(channel, f"serverpush-token-{secrets.token_hex(16)}")
+        return self._stand_ins.setdefault(channel, f"serverpush_token_{secrets.token_hex(16)}")
 
     def finish(self, response: HttpResponse) -> None:
         """Keep the groups and hand out the tokens if the response is 2xx; else

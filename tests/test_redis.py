@@ -1,18 +1,24 @@
 """Redis history and fan-out between nodes, against a real redis-server."""
 
+import codecs
 import json
+import re
 import signal
+import socket
 import threading
 import time
 
 import pytest
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.conftest import PushServer, RedisServer
+from tests.conftest import PushServer, RedisServer, free_port
 from tests.test_store_contract import StoreUnderTest, item
 from twistedpush.client import PushClient
 from twistedpush.errors import Unavailable
+from twistedpush.history import Update
+from twistedpush.redis_history import _PUBLISH, _READ, RedisHistory, _Listener
 
 pytestmark = pytest.mark.integration
 
@@ -245,3 +251,163 @@ def test_sweep_stops_at_its_time_budget_and_the_next_one_goes_on(reactor_thread,
             assert store.channels_held() == left
     finally:
         store.call(store.store.stop)
+
+
+def test_every_message_of_one_read_is_delivered_in_that_read():
+    """The hub writes each WebSocket once per reactor turn: Redis's messages must reach it
+    together, not one per turn (txredisapi's own parser hands over one at a time). The
+    node's subscriptions of one turn go in one SUBSCRIBE, confirmed channel by channel."""
+    clock = MemoryReactorClock()
+    store = RedisHistory(clock)
+    delivered: list[Update] = []
+    store.start(delivered.append)
+    listener = _Listener()
+    listener.factory = store._factories[1]
+    transport = StringTransport()
+    listener.makeConnection(transport)
+    store.listener_up(listener)
+    store.watch("a")
+    store.watch("b")
+    clock.advance(0)
+    assert transport.value() == resp("SUBSCRIBE", "twistedpush:0:u:a", "twistedpush:0:u:b")
+    listener.dataReceived(
+        resp("subscribe", "twistedpush:0:u:a", ":1") + resp("subscribe", "twistedpush:0:u:b", ":2")
+    )
+    assert store._watched == {"a": True, "b": True}
+    listener.dataReceived(
+        b"".join(
+            resp("message", f"twistedpush:0:u:{channel}", f"{ts}\n\n{ts}")
+            for channel, ts in (("a", 1), ("b", 2), ("a", 3))
+        )
+    )
+    assert [(u.channel, u.ts) for u in delivered] == [("a", 1), ("b", 2), ("a", 3)]
+    store.stop()
+
+
+def resp(*parts: str) -> bytes:
+    """A RESP array of bulk strings (``:n`` an integer)."""
+    out = [b"*%d\r\n" % len(parts)]
+    for part in parts:
+        if part.startswith(":"):
+            out.append(part.encode() + b"\r\n")
+        else:
+            out.append(b"$%d\r\n%s\r\n" % (len(part.encode()), part.encode()))
+    return b"".join(out)
+
+
+def test_noscript_after_a_script_flush_is_handled(reactor_thread, redis_server):
+    store = StoreUnderTest(reactor_thread, redis_server)
+    try:
+        first = store.publish(item("c", 1))
+        redis_server.command("SCRIPT", "FLUSH")  # what a restart without reconnecting does
+        second = store.publish(item("c", 2), item("d", 3))
+        replay = store.replay("c", first[0] - 1)
+        assert [u.ts for u in replay.updates] == [first[0], second[0]]
+        assert redis_server.command("SCRIPT", "EXISTS", _PUBLISH.sha, _READ.sha) == [1, 1]
+    finally:
+        store.call(store.store.stop)
+
+
+# Where each command the scripts use takes its keys: the first argument, all of them,
+# or none (PUBLISH and PUBSUB name pub/sub channels, not keys).
+KEY_ARGUMENTS = {
+    "DEL": slice(0, None), "TIME": slice(0, 0), "PUBLISH": slice(0, 0), "PUBSUB": slice(0, 0)
+}  # fmt: skip
+
+
+def monitor_lines(redis: RedisServer, stop: threading.Event, lines: list[str]) -> None:
+    with socket.create_connection(("127.0.0.1", redis.port), timeout=5) as sock:
+        sock.sendall(b"MONITOR\r\n")
+        sock.settimeout(0.2)
+        buffer = b""
+        while not stop.is_set() or buffer:
+            try:
+                data = sock.recv(1 << 20)
+            except TimeoutError:
+                if stop.is_set():
+                    break
+                continue
+            buffer += data
+            *done, buffer = buffer.split(b"\r\n")
+            lines += [line.decode() for line in done]
+
+
+def parse_monitor(line: str) -> tuple[str, list[str]]:
+    """``+1700000000.1 [0 lua] "GET" "k"``: the client (``lua`` inside a script) and words."""
+    client = line.split("[", 1)[1].split("]", 1)[0].split()[-1]
+    words = [
+        codecs.escape_decode(w.encode())[0].decode()
+        for w in re.findall(r'"((?:[^"\\]|\\.)*)"', line)
+    ]
+    return client, words
+
+
+def test_scripts_touch_only_the_keys_they_are_given_all_in_one_hash_slot(
+    reactor_thread, redis_server
+):
+    """What lets the scripts run on Redis Cluster and behind proxies."""
+    stop, lines = threading.Event(), []
+    watcher = threading.Thread(target=monitor_lines, args=(redis_server, stop, lines))
+    watcher.start()
+    store = StoreUnderTest(reactor_thread, redis_server, ttl=0.2)
+    try:
+        store.watch("w")
+        stamps = store.publish(item("a", 1), item("b", 2), item("a", 3), item("w", 4))
+        store.replay("a", stamps[0] - 1)
+        store.replay("b", stamps[0] - 10**9)
+        store.now()
+        store.wait_past(stamps[-1] + 200_000)
+        store.sweep()
+    finally:
+        store.call(store.store.stop)
+        stop.set()
+        watcher.join(10)
+    declared: set[str] = set()
+    checked = scripts = 0
+    for line in lines:
+        if not line.startswith("+") or "[" not in line:
+            continue
+        client, words = parse_monitor(line)
+        command = words[0].upper()
+        if client != "lua" and command in ("EVALSHA", "EVAL"):
+            scripts += 1
+            declared = set(words[3 : 3 + int(words[2])])
+            assert {re.match(r"\{[^}]*\}", key).group() for key in declared} == {
+                "{twistedpush:0}"
+            }, declared
+        elif client == "lua":
+            for key in words[1:][KEY_ARGUMENTS.get(command, slice(0, 1))]:
+                assert key in declared, f"{command} touches {key}, not given in KEYS"
+                checked += 1
+    assert scripts >= 6 and checked > 30
+
+
+def test_the_store_runs_on_a_redis_cluster_node(reactor_thread, tmp_path):
+    """A one-node Redis Cluster (every slot its own) refuses a script whose keys are not
+    all in one slot (CROSSSLOT): every script, the sweep's too, runs there."""
+    redis = RedisServer(
+        tmp_path,
+        persist=False,
+        args=("--cluster-enabled", "yes", "--cluster-port", str(free_port())),
+    ).start()
+    try:
+        redis.command("CLUSTER", "ADDSLOTSRANGE", "0", "16383")
+        deadline = time.monotonic() + 10
+        while "cluster_state:ok" not in redis.command("CLUSTER", "INFO"):
+            assert time.monotonic() < deadline, "the cluster did not come up"
+            time.sleep(0.05)
+        with pytest.raises(RuntimeError, match="CROSSSLOT"):
+            redis.command("EVAL", "return 1", "2", "{a}x", "{b}y")
+        store = StoreUnderTest(reactor_thread, redis, ttl=0.2)
+        try:
+            store.watch("a")
+            stamps = store.publish(item("a", 1), item("b", 2))
+            assert [u.ts for u in store.wait_delivered(1)] == stamps[:1]
+            assert [u.ts for u in store.replay("b", stamps[0]).updates] == stamps[1:]
+            store.wait_past(stamps[-1] + 200_000)
+            store.sweep()
+            assert store.channels_held() == 0
+        finally:
+            store.call(store.store.stop)
+    finally:
+        redis.stop(signal.SIGKILL)

@@ -295,7 +295,8 @@ def test_sweep_keeps_channels_with_updates_younger_than_the_ttl(store):
     stamps = store.publish(*(item(f"alive-{i}", i) for i in range(3)))
     store.sweep()
     assert store.channels_held() == 3
-    assert [u.ts for u in store.replay("alive-2", stamps[0]).updates] == [stamps[2]]
+    # (Not since stamps[0]: with shards, positions of different channels need not be ordered.)
+    assert [u.ts for u in store.replay("alive-2", stamps[2] - 1).updates] == [stamps[2]]
 
 
 def test_watched_channels_are_delivered_live_in_ts_order(store):

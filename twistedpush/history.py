@@ -54,6 +54,8 @@ class Replay:
     updates: Sequence[Update]
     reset: bool
     now: int
+    horizon: int = 0
+    """With ``reset``: the channel's horizon, a ``since`` that replays all of its history."""
 
 
 Publication = tuple[str, "str | None", str]
@@ -64,8 +66,9 @@ class IHistoryStore(Interface):
     """Keeps each channel's recent updates and tells the hub of new ones."""
 
     def start(on_update: Callable[[Update], None], on_resync: Callable[[str], None]) -> Deferred:
-        """Begin; ``on_update`` is then called, in ``ts`` order, for every update
-        published to a watched channel (through this node or any other), and
+        """Begin; ``on_update`` is then called, in ``ts`` order (over Redis shards, in
+        each shard's order), for every update published to a watched channel
+        (through this node or any other), and
         ``on_resync`` for a watched channel whose updates may have been lost in
         transit (they are still in history)."""
 
@@ -217,7 +220,7 @@ class MemoryHistory:
         if since is None:
             return succeed(Replay((), False, now))
         if since < horizon:
-            return succeed(Replay((), True, now))
+            return succeed(Replay((), True, now, horizon))
         return succeed(Replay([u for u in entries if u.ts > since], False, now))
 
     def now(self) -> Deferred:

@@ -11,9 +11,10 @@ from typing import NoReturn
 
 from twistedpush.errors import Forbidden, Limit
 
-TRANSPORTS = ("websocket", "longpoll", "http")
-"""What an open connection is counted as: upgraded, holding a poll, or anything
-else (a request still arriving, a keep-alive connection between requests)."""
+TRANSPORTS = ("websocket", "longpoll", "sse", "http")
+"""What an open connection is counted as: upgraded, holding a poll (``POST /poll``
+or a push-relay ``GET /updates/``), streaming Server-Sent Events, or anything else
+(a request still arriving, a keep-alive connection between requests)."""
 
 
 def address_key(address: object) -> str:

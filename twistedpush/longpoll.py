@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from twisted.internet.defer import DeferredList
@@ -34,10 +35,26 @@ def _origin(request: Request) -> str | None:
     return origin.decode("latin-1") if origin is not None else None
 
 
-def allow_cross_origin(request: Request, admission: Admission) -> bool:
+@dataclass(frozen=True, slots=True)
+class Cors:
+    """What an endpoint allows cross-origin pages: methods, request headers, the
+    response headers their scripts may read, and whether cookies may come along."""
+
+    methods: bytes = b"POST, OPTIONS"
+    headers: bytes = b"Content-Type"
+    expose: bytes | None = None
+    credentials: bool = False
+
+
+POLL_CORS = Cors()
+
+
+def allow_cross_origin(request: Request, admission: Admission, cors: Cors = POLL_CORS) -> bool:
     """CORS headers for an allowed page origin (any, unless --allowed-origin is given).
 
-    Tokens travel in the body, never in cookies, so no credentials are allowed.
+    Long-poll tokens travel in the body, never in cookies, so by default no
+    credentials are allowed and any origin gets ``*``; with credentials (the
+    push-relay clients send them) the origin is echoed, as CORS requires.
     Returns False for a refused origin, which gets no CORS headers at all.
     """
     origin = _origin(request)
@@ -45,13 +62,18 @@ def allow_cross_origin(request: Request, admission: Admission) -> bool:
         admission.check_origin(origin)
     except PushError:
         return False
-    if admission.limits.allowed_origins:
-        request.setHeader(b"Access-Control-Allow-Origin", (origin or "").encode("latin-1"))
+    if cors.credentials or admission.limits.allowed_origins:
+        if origin is not None:
+            request.setHeader(b"Access-Control-Allow-Origin", origin.encode("latin-1"))
         request.setHeader(b"Vary", b"Origin")
     else:
         request.setHeader(b"Access-Control-Allow-Origin", b"*")
-    request.setHeader(b"Access-Control-Allow-Methods", b"POST, OPTIONS")
-    request.setHeader(b"Access-Control-Allow-Headers", b"Content-Type")
+    if cors.credentials:
+        request.setHeader(b"Access-Control-Allow-Credentials", b"true")
+    if cors.expose is not None:
+        request.setHeader(b"Access-Control-Expose-Headers", cors.expose)
+    request.setHeader(b"Access-Control-Allow-Methods", cors.methods)
+    request.setHeader(b"Access-Control-Allow-Headers", cors.headers)
     request.setHeader(b"Access-Control-Max-Age", b"86400")
     return True
 

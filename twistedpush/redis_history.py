@@ -15,12 +15,13 @@ its channel's keys, and a script's keys must lie in one hash slot for Redis
 Cluster and for proxies. A store is therefore one slot; spreading channels over
 servers is done by shards (``twistedpush.shards``), not by Cluster slots.
 
-Scripts are loaded once and called by SHA (``EVALSHA``); a ``NOSCRIPT`` answer
-(Redis restarted, ``SCRIPT FLUSH``) sends the script's source once more, which
-loads it again. What one reactor turn asks for goes to Redis in order, in one
-write, with neighbouring requests of the same kind merged into one script call:
-publications into one ``PUBLISH`` script, replays and positions into one ``READ``
-(a channel's replays share one snapshot).
+Scripts are loaded on each connection before any request and called by SHA
+(``EVALSHA``); a ``NOSCRIPT`` answer (a ``SCRIPT FLUSH``) sends the script's source
+once more, which loads it again. A turn's first request is written at once; what
+the turn asks for after it goes at the end of the turn, in order, neighbouring
+requests of one kind merged into one script call (publications into one publishing
+script, replays and positions into one read, a channel's replays sharing one
+snapshot); a replay of a channel whose snapshot is on its way waits for the next.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from twisted.internet.defer import Deferred, DeferredList, fail, gatherResults, 
 from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twistedpush.errors import Unavailable
@@ -48,22 +50,29 @@ log = Logger()
 
 # KEYS[1..4]: clock, start, forgotten, active; channel i (from 1): KEYS[3 + 2i] its
 # updates, KEYS[4 + 2i] its horizon. ARGV[1..3]: size, ttl (µs), floor (a position
-# the clock is raised to first; CurrentTimestamp over several shards uses it).
+# the clock is raised to first; shards use it). Each redis.call costs a few µs, most
+# of a script's time: the scripts make as few as they can (the clock is read, the
+# start only when the clock is not there yet, a channel's count once).
 _PRELUDE = """
 local size = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
 local function fmt(n) return string.format('%.0f', n) end
 local t = redis.call('TIME')
 local wall = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local last = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), tonumber(ARGV[3]))
-local start = tonumber(redis.call('GET', KEYS[2]) or '-1')
-if start < 0 then
-  start = math.max(wall, last)
-  last = start
-  redis.call('SET', KEYS[2], fmt(start))
+local clock = redis.call('GET', KEYS[1])
+local last = math.max(tonumber(clock or '0'), tonumber(ARGV[3]))
+local start = nil
+if not clock then
+  start = tonumber(redis.call('GET', KEYS[2]) or '-1')
+  if start < 0 then
+    start = math.max(wall, last)
+    last = start
+    redis.call('SET', KEYS[2], fmt(start))
+  end
 end
 local cutoff = wall - ttl
 local function base_horizon()
+  start = start or tonumber(redis.call('GET', KEYS[2]) or '0')
   return math.max(start, tonumber(redis.call('GET', KEYS[3]) or '0'))
 end
 local function horizon(z)
@@ -71,85 +80,96 @@ local function horizon(z)
   if v then return tonumber(v) end
   return base_horizon()
 end
-local function drop_through(z, ts)
-  if ts > tonumber(redis.call('GET', z) or '0') then redis.call('SET', z, fmt(ts)) end
+-- Drop the oldest of ``count`` updates held past the size bound, or those past the ttl;
+-- the horizon moves to the newest dropped (or ``newest``, newer than all held): every
+-- update held is newer than the horizon, so that one is the new horizon.
+local function set_horizon(z, newest)
+  if newest then redis.call('SET', z, fmt(newest)) end
 end
-local function trim(h, z)
+local function trim_size(h, z, count, newest)
+  if count > size then
+    local popped = redis.call('ZPOPMIN', h, count - size)
+    newest = math.max(newest or 0, tonumber(popped[#popped]))
+  end
+  set_horizon(z, newest)
+end
+local function trim_age(h, z)
   local old = redis.call('ZREVRANGEBYSCORE', h, fmt(cutoff), '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
   if old[2] then
-    drop_through(z, tonumber(old[2]))
     redis.call('ZREMRANGEBYSCORE', h, '-inf', fmt(cutoff))
-  end
-  local extra = redis.call('ZCARD', h) - size
-  if extra > 0 then
-    local newest = redis.call('ZRANGE', h, extra - 1, extra - 1, 'WITHSCORES')
-    drop_through(z, tonumber(newest[2]))
-    redis.call('ZREMRANGEBYRANK', h, 0, extra - 1)
+    set_horizon(z, tonumber(old[2]))
   end
 end
 """
 
 # ARGV[4]: pub/sub prefix, ARGV[5]: channel count k, ARGV[6 .. 5 + k]: channel names,
-# then (channel number, name, data) per update. Answers the positions, in order.
-# An update that the size bound would drop at once (more than ``size`` of one channel
-# in the batch) is published but not stored: only the horizon moves past it.
+# then (channel number, name, data) per update. The script reads the time once, so
+# its positions are consecutive: it answers the first. An update that the size bound
+# would drop at once (more than ``size`` of one channel in the batch) is published
+# but not stored: only the horizon moves past it. Several updates of a channel that
+# no node subscribes to are not published (no node can subscribe while this runs).
+# Age is not trimmed here: every read trims it first, and the sweep forgets channels.
 _PUBLISH_SOURCE = (
     _PRELUDE
     + """
-local prefix = ARGV[4]
 local k = tonumber(ARGV[5])
 local first = 6 + k
-local left = {}
+local left, held, topic = {}, {}, {}
 for c = 1, k do
   left[c] = 0
-  if redis.call('EXISTS', KEYS[4 + 2 * c]) == 0 then
-    redis.call('SET', KEYS[4 + 2 * c], fmt(base_horizon()))
+  topic[c] = ARGV[4] .. ARGV[5 + c]
+  held[c] = redis.call('ZCARD', KEYS[3 + 2 * c])
+  if held[c] == 0 then
+    redis.call('SET', KEYS[4 + 2 * c], fmt(base_horizon()), 'NX')
   end
 end
 for at = first, #ARGV, 3 do
   local c = tonumber(ARGV[at])
   left[c] = left[c] + 1
 end
-local newest, dropped, out = {}, {}, {}
-local i = 0
+for c = 1, k do
+  if left[c] > 1 and redis.call('PUBSUB', 'NUMSUB', topic[c])[2] == 0 then topic[c] = nil end
+end
+local start_ts = math.max(wall, last + 1)
+last = start_ts - 1
+local newest, dropped = {}, {}
 for at = first, #ARGV, 3 do
   local c = tonumber(ARGV[at])
-  local ts = math.max(wall, last + 1)
-  last = ts
-  local t = fmt(ts)
-  local entry = t .. '\\n' .. ARGV[at + 1] .. '\\n' .. ARGV[at + 2]
-  if left[c] > size then
-    dropped[c] = ts
-  else
-    redis.call('ZADD', KEYS[3 + 2 * c], t, entry)
-  end
+  last = last + 1
+  local kept = left[c] <= size
   left[c] = left[c] - 1
-  redis.call('PUBLISH', prefix .. ARGV[5 + c], entry)
-  newest[c] = t
-  i = i + 1
-  out[i] = t
+  if kept or topic[c] then
+    local ts = fmt(last)
+    local entry = ts .. '\\n' .. ARGV[at + 1] .. '\\n' .. ARGV[at + 2]
+    if kept then
+      redis.call('ZADD', KEYS[3 + 2 * c], ts, entry)
+      held[c] = held[c] + 1
+    end
+    if topic[c] then redis.call('PUBLISH', topic[c], entry) end
+  end
+  if not kept then dropped[c] = last end
+  newest[c] = last
 end
-for c, t in pairs(newest) do
-  if dropped[c] then drop_through(KEYS[4 + 2 * c], dropped[c]) end
-  trim(KEYS[3 + 2 * c], KEYS[4 + 2 * c])
-  redis.call('ZADD', KEYS[4], t, ARGV[5 + c])
+for c, ts in pairs(newest) do
+  trim_size(KEYS[3 + 2 * c], KEYS[4 + 2 * c], held[c], dropped[c])
+  redis.call('ZADD', KEYS[4], fmt(ts), ARGV[5 + c])
 end
 redis.call('SET', KEYS[1], fmt(last))
-return out
+return fmt(start_ts)
 """
 )
 
 # ARGV[4..]: the since of each channel. Answers now, then per channel its horizon and
-# its updates after max(since, horizon).
+# its updates after max(since, horizon). (A channel never holds more than ``size``.)
 _READ_SOURCE = (
     _PRELUDE
     + """
 local now = math.max(wall, last)
-redis.call('SET', KEYS[1], fmt(now))
+if now ~= tonumber(clock or '-1') then redis.call('SET', KEYS[1], fmt(now)) end
 local out = {fmt(now)}
 for c = 1, #ARGV - 3 do
   local h, z = KEYS[3 + 2 * c], KEYS[4 + 2 * c]
-  trim(h, z)
+  trim_age(h, z)
   local hz = horizon(z)
   out[2 * c] = fmt(hz)
   out[2 * c + 1] = redis.call(
@@ -174,7 +194,7 @@ _SWEEP_SOURCE = (
 local forgotten = tonumber(redis.call('GET', KEYS[3]) or '0')
 for c = 1, #ARGV - 3 do
   local h, z = KEYS[3 + 2 * c], KEYS[4 + 2 * c]
-  trim(h, z)
+  trim_age(h, z)
   if redis.call('ZCARD', h) == 0 then
     forgotten = math.max(forgotten, horizon(z))
     redis.call('DEL', h, z)
@@ -456,7 +476,7 @@ class RedisHistory:
         self.address = f"{host}:{port}/{dbid}"
         """Where this store is, for logs, /health and /metrics (never the password)."""
         self._limits = [str(size), str(int(ttl * 1_000_000))]
-        tag = f"{{twistedpush:{dbid}}}:"
+        tag = self._tag = f"{{twistedpush:{dbid}}}:"
         self._shared_keys = [tag + "clock", tag + "start", tag + "forgotten", tag + "active"]
         self._history_key, self._horizon_key = tag + "h:", tag + "z:"
         self._pubsub_prefix = f"twistedpush:{dbid}:u:"
@@ -475,6 +495,8 @@ class RedisHistory:
         self._listener: _Listener | None = None
         self._watched: dict[str, _Subscription | bool | None] = {}
         self._ops: list[tuple] = []
+        self._reading: dict[str, list[tuple]] = {}
+        """Channels whose snapshot is on its way, and the replays that wait for it."""
         self._subscribing: list[tuple[str, _Subscription | None]] = []
         self._flush_call: IDelayedCall | None = None
         self.pubsub_losses = 0
@@ -552,6 +574,19 @@ class RedisHistory:
             self._open = False
 
     @property
+    def connected(self) -> bool:
+        """Whether the command connection is up (the store may still be preparing)."""
+        return self._connection is not None
+
+    def read(self, key: str) -> Deferred:
+        """The value of one of the store's own keys (``clock``, ``start``), read as it
+        is: no script runs, so nothing begins or moves."""
+        connection = self._connection
+        if connection is None:
+            return fail(Unavailable(f"Redis {self.address} is not connected"))
+        return self._command(connection, "GET", self._tag + key)
+
+    @property
     def accepting(self) -> bool:
         """Whether publications and replays are taken now (the command connection is up)."""
         return self._open
@@ -559,11 +594,12 @@ class RedisHistory:
     # Requests: queued during the turn, sent at its end
 
     def _queue(self, op: tuple) -> None:
-        """Send ``op`` at once if Redis has nothing of ours to answer (a lone request
-        waits for nothing), else with the rest of this turn's requests."""
+        """Send the turn's first request at once (a lone request waits for nothing),
+        the others together at the end of the turn, after it."""
         connection = self._connection
-        if not self._ops and connection is not None and not connection.pending:
+        if not self._ops and self._flush_call is None and connection is not None:
             self._send(connection, [op])
+            self._schedule()  # marks the turn: what follows waits for its end
             return
         self._ops.append(op)
         self._schedule()
@@ -578,9 +614,12 @@ class RedisHistory:
         subscribing, self._subscribing = self._subscribing, []
         if subscribing and self._listener is not None:
             self._send_subscriptions(self._listener, subscribing)
+        self._send_now(ops)
+
+    def _send_now(self, ops: list[tuple]) -> None:
         connection = self._connection
         if connection is None or not connection.connected:
-            error = Unavailable("Redis is not connected")
+            error = Unavailable(f"Redis {self.address} is not connected")
             for op in ops:
                 op[-1].errback(error)
             return
@@ -627,10 +666,10 @@ class RedisHistory:
         )
 
     @staticmethod
-    def _published(stamps: list[str], ops: list[tuple]) -> None:
-        at = 0
+    def _published(first: str, ops: list[tuple]) -> None:
+        at = int(first)
         for _, items, d in ops:
-            d.callback([int(ts) for ts in stamps[at : at + len(items)]])
+            d.callback(list(range(at, at + len(items))))
             at += len(items)
 
     def _failed(self, failure: Any, ops: list[tuple]) -> None:
@@ -646,13 +685,28 @@ class RedisHistory:
             if since is not None:
                 since_of[channel] = min(since, since_of.get(channel, since))
         channels = list(since_of)
+        for channel in channels:
+            self._reading.setdefault(channel, [])
         args = [*self._limits, floor, *since_of.values()]
-        self._run(connection, _READ, self._keys_of(channels), args).addCallbacks(
-            self._read, self._failed, callbackArgs=(ops, channels), errbackArgs=(ops,)
+        self._run(connection, _READ, self._keys_of(channels), args).addBoth(
+            self._read, ops, channels
         )
 
+    def _read(self, result: Any, ops: list[tuple], channels: list[str]) -> None:
+        """Answer each request from the snapshot; then send, in one read, the replays
+        of these channels asked for while this one was on its way."""
+        waited = [op for channel in channels for op in self._reading.pop(channel, ())]
+        try:
+            if isinstance(result, Failure):
+                self._failed(result, ops)
+            else:
+                self._answer_read(result, ops, channels)
+        finally:
+            if waited:
+                self._send_now(waited)
+
     @staticmethod
-    def _read(result: list, ops: list[tuple], channels: list[str]) -> None:
+    def _answer_read(result: list, ops: list[tuple], channels: list[str]) -> None:
         now = int(result[0])
         snapshots = {}
         for index, channel in enumerate(channels):
@@ -667,7 +721,7 @@ class RedisHistory:
             else:
                 horizon, updates, stamps = snapshots[channel]
                 if since < horizon:
-                    d.callback(Replay((), True, now))
+                    d.callback(Replay((), True, now, horizon))
                 else:
                     d.callback(Replay(updates[bisect_right(stamps, since) :], False, now))
 
@@ -677,6 +731,15 @@ class RedisHistory:
         except txredisapi.ConnectionError as e:
             return fail(Unavailable(f"Redis {self.address}: {e}"))
 
+    def _command(self, connection: _Commands, *args: Any) -> Deferred:
+        try:
+            return connection.execute_command(*args).addErrback(self._unavailable_failure)
+        except txredisapi.ConnectionError as e:
+            return fail(Unavailable(f"Redis {self.address}: {e}"))
+
+    def _unavailable_failure(self, failure: Any) -> Any:
+        raise self._unavailable(failure)
+
     def _unavailable(self, failure: Any) -> Unavailable:
         if failure.check(Unavailable):
             return failure.value
@@ -685,9 +748,17 @@ class RedisHistory:
         return Unavailable(f"Redis {self.address} failed: {failure.getErrorMessage()}")
 
     def _ask(self, op: tuple) -> Deferred:
+        """Queue ``op``; a replay of a channel whose snapshot is being read waits for it
+        and goes with the others that waited (a thousand browsers catching up on one
+        channel take a few reads, not a thousand). A replay read later than asked is
+        as good: its snapshot is only newer."""
         if not self._open:
             return fail(Unavailable(f"Redis {self.address} is not connected"))
-        self._queue(op)
+        waiting = self._reading.get(op[1]) if op[0] == _READ_OP and op[2] is not None else None
+        if waiting is not None:
+            waiting.append(op)
+        else:
+            self._queue(op)
         return op[-1]
 
     def publish(self, items: Sequence[Publication]) -> Deferred:

@@ -89,10 +89,25 @@ class ShardedHistory:
         return None
 
     def _align(self, shard: RedisHistory) -> Deferred:
-        """Raise ``shard``'s clock to the greatest position of the shards that are up."""
-        others = [s for s in self.shards if s is not shard and s.accepting]
-        asked = gatherResults([s.now() for s in others] + [shard.raise_to(0)], consumeErrors=True)
-        return asked.addCallback(lambda positions: shard.raise_to(max(positions)))
+        """Raise ``shard``'s clock to the greatest position the other shards handed out.
+
+        A shard whose history has not begun (new, or emptied) waits until every other
+        shard can be reached, and nothing runs on it before it is raised: its first
+        script sets the moment its history begins, which must be above every position
+        handed out anywhere, so that a ``since`` from before (a channel that moved to
+        it) gets a reset."""
+        return shard.read("start").addCallback(self._read_clocks, shard)
+
+    def _read_clocks(self, start: str | None, shard: RedisHistory) -> Deferred:
+        others = [s for s in self.shards if s is not shard]
+        away = [s.address for s in others if not s.connected]
+        if start is None and away:
+            raise Unavailable(f"a new history begins once {', '.join(away)} can be reached")
+        clocks = [s.read("clock") for s in others if s.connected]
+        asked = gatherResults(clocks, consumeErrors=True)
+        return asked.addCallback(
+            lambda positions: shard.raise_to(max((int(p or 0) for p in positions), default=0))
+        )
 
     def start(
         self,

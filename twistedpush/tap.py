@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.web.resource import Resource
 
 import twistedpush
 from twistedpush.access import AccessPolicy
@@ -104,7 +105,8 @@ class Options(usage.Options):
             "publisher-key",
             None,
             None,
-            "Key publishers must present (default: environment SERVERPUSH_PUBLISHER_KEY).",
+            "Key publishers must present (AMP Authenticate, HTTP Authorization: Bearer); "
+            "turns POST /publish on (default: environment SERVERPUSH_PUBLISHER_KEY).",
         ],
         ["request-timeout", None, "30", "Seconds a request's line, headers and body may take."],
         ["wamp-realm", None, "serverpush", "The WAMP realm served on /ws (wamp.2.json)."],
@@ -314,8 +316,11 @@ def makeService(options: Options) -> NodeService:
     return build_service(options, reactor)
 
 
-def build_service(options: Options, reactor: IReactorTime) -> NodeService:
-    """The node's service tree: the hub's store first, then both listeners."""
+def build_service(
+    options: Options, reactor: IReactorTime, django: Resource | None = None
+) -> NodeService:
+    """The node's service tree: the hub's store first, then both listeners; with
+    ``django`` (a WSGI resource) the public port serves the Django site too."""
     hub = Hub(
         make_store(options, reactor),
         AccessPolicy(options["secret"], options["public"]),
@@ -336,7 +341,13 @@ def build_service(options: Options, reactor: IReactorTime) -> NodeService:
     top = NodeService(hub)
     HubService(hub, options["shutdown-timeout"]).setServiceParent(top)
     site = make_site(
-        hub, reactor, admission, options["max-message-size"], wamp_realm=options["wamp-realm"]
+        hub,
+        reactor,
+        admission,
+        options["max-message-size"],
+        wamp_realm=options["wamp-realm"],
+        publisher_key=options["publisher-key"],
+        django=django,
     )
     notifier = endpoints.serverFromString(reactor, options["notifier"])
     for endpoint, factory in (

@@ -1,4 +1,6 @@
-"""The public HTTP site: WebSocket, long-poll, health, metrics and the client script."""
+"""The public HTTP site: WebSocket, long-poll, Server-Sent Events, HTTP publishing, the
+push-relay long-poll, health, metrics and the client script; in one-port mode
+(``runserverpush --allrequests``) every other path goes to Django."""
 
 from __future__ import annotations
 
@@ -20,7 +22,11 @@ from twistedpush.errors import Limit, PushError, TooLarge
 from twistedpush.hub import Hub
 from twistedpush.limits import TRANSPORTS, Admission, Ticket, address_key
 from twistedpush.longpoll import PollResource, allow_cross_origin, poll_error
+from twistedpush.publish import PUBLISH_BODY, PublishingOff, PublishResource
+from twistedpush.relay import RelayResource
+from twistedpush.sse import SSEResource
 from twistedpush.websocket import PushWebSocketFactory
+from twistedpush.wire import http_error
 
 
 def client_script() -> Path:
@@ -57,7 +63,7 @@ class UpgradeResource(WebSocketResource):
 def _raw_response(status: bytes, error: PushError) -> bytes:
     """A whole HTTP answer for a connection that is refused before (or while) its
     request arrives; the connection closes after it."""
-    body = json.dumps({"error": {"code": error.code, "message": error.message}}).encode()
+    body = http_error(error)
     return (
         b"HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
         % (
@@ -118,6 +124,7 @@ class PushHTTPChannel(http.HTTPChannel):
 
     def allHeadersReceived(self) -> None:
         request: PushRequest = self.requests[-1]
+        request.max_body = self.site.body_limit(self._path)
         declared = self.length
         if declared is not None and declared > request.max_body:
             # Answered before the body: no "100 Continue" invites it.
@@ -189,8 +196,9 @@ class PushHTTPChannel(http.HTTPChannel):
 
 
 class PushRequest(server.Request):
-    """A request that keeps at most ``max_body`` bytes of its body, chunked or not,
-    names the client behind a trusted proxy, and may be refused before it is read."""
+    """A request that keeps at most ``max_body`` bytes of its body (its path's limit,
+    see PushSite.body_limit), chunked or not, names the client behind a trusted
+    proxy, and may be refused before it is read."""
 
     max_body = 65536
     refusal: tuple[int, PushError] | None = None
@@ -240,43 +248,76 @@ class PushRequest(server.Request):
         self.setHeader(b"Content-Type", b"application/json")
         self.setHeader(b"Cache-Control", b"no-store")
         allow_cross_origin(self, self.channel.site.admission)
-        if self.path == b"/poll":
-            body = poll_error(error)
-        else:
-            body = json.dumps({"error": {"code": error.code, "message": error.message}}).encode()
+        body = poll_error(error) if self.path == b"/poll" else http_error(error)
         self.setHeader(b"Content-Length", b"%d" % len(body))
         self.write(body)
         self.finish()
 
 
+PUSH_PATHS = frozenset((b"ws", b"poll", b"sse", b"updates", b"publish", b"health", b"metrics"))
+"""First path segments of the push server's own endpoints (and /static/serverpush.js)."""
+
+CLIENT_SCRIPT_PATH = b"/static/serverpush.js"
+
+DJANGO_BODY = 64 * 1024 * 1024
+"""The largest request body Django is handed in one-port mode (uploads included)."""
+
+
 class PushSite(server.Site):
-    """The public site, with the admission that counts its connections."""
+    """The public site, with the admission that counts its connections; with
+    ``django`` (one-port mode) every path that is not the push server's goes to it."""
 
     # HTTP/1.1 only (twisted.web's default would switch to h2 when TLS negotiates it).
     protocol = PushHTTPChannel  # type: ignore[assignment]
 
     def __init__(
-        self, resource: Resource, admission: Admission, max_body: int, reactor: IReactorTime
+        self,
+        resource: Resource,
+        admission: Admission,
+        max_body: int,
+        reactor: IReactorTime,
+        django: Resource | None = None,
     ) -> None:
-        super().__init__(
-            resource,
-            requestFactory=type("Request", (PushRequest,), {"max_body": max_body}),
-            reactor=reactor,
-        )
+        super().__init__(resource, requestFactory=PushRequest, reactor=reactor)
         self.admission = admission
+        self.max_body = max_body
+        self.django = django
         self.displayTracebacks = False
+
+    def is_push_path(self, path: bytes) -> bool:
+        return path == CLIENT_SCRIPT_PATH or path[1:].partition(b"/")[0] in PUSH_PATHS
+
+    def body_limit(self, target: bytes) -> int:
+        """The largest body a request to ``target`` (its request line's) may send."""
+        path = target.partition(b"?")[0]
+        if path == b"/publish" or path.startswith(b"/publish/"):
+            return PUBLISH_BODY
+        if self.django is not None and not self.is_push_path(path):
+            return DJANGO_BODY
+        return self.max_body
+
+    def getResourceFor(self, request: server.Request) -> Resource:
+        if self.django is not None and not self.is_push_path(request.path):
+            return self.django  # the whole path is Django's (WSGI's PATH_INFO)
+        return super().getResourceFor(request)
 
 
 class Status:
     """Everything /health and /metrics report, gathered from hub, store and transports."""
 
     def __init__(
-        self, hub: Hub, clock: IReactorTime, admission: Admission, websockets: PushWebSocketFactory
+        self,
+        hub: Hub,
+        clock: IReactorTime,
+        admission: Admission,
+        websockets: PushWebSocketFactory,
+        streams: SSEResource,
     ) -> None:
         self.hub = hub
         self.clock = clock
         self.admission = admission
         self.websockets = websockets
+        self.streams = streams
         self.started = clock.seconds()
 
     def report(self) -> dict:
@@ -294,7 +335,7 @@ class Status:
             "status": status,
             "connections": {t: self.admission.by_transport[t] for t in TRANSPORTS},
             "uptime": round(self.clock.seconds() - self.started, 3),
-            "slow_client_drops": self.websockets.slow_drops,
+            "slow_client_drops": self.websockets.slow_drops + self.streams.slow_drops,
             "refused": dict(self.admission.refused),
             **self.hub.stats(),
         }
@@ -385,6 +426,8 @@ class RootResource(Resource):
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         return (
             b"twistedpush: WebSocket at /ws, long-poll at POST /poll, "
+            b"Server-Sent Events at /sse/<channel>, push-relay long-poll at /updates/<channel>, "
+            b"HTTP publishing at POST /publish (with --publisher-key), "
             b"status at /health and /metrics\n"
         )
 
@@ -396,19 +439,28 @@ def make_site(
     max_message_size: int = 4096,
     max_body: int = 65536,
     wamp_realm: str = "serverpush",
-) -> server.Site:
+    publisher_key: str | None = None,
+    django: Resource | None = None,
+) -> PushSite:
+    """The public site; ``publisher_key`` turns HTTP publishing on, ``django`` (a WSGI
+    resource) serves every other path (one-port mode)."""
     admission = admission or Admission()
     websockets = PushWebSocketFactory(
         hub, admission, max_message_size, reactor=clock, wamp_realm=wamp_realm
     )
-    status = Status(hub, clock, admission, websockets)
+    streams = SSEResource(hub, clock, admission)
+    status = Status(hub, clock, admission, websockets, streams)
     root = RootResource()
     root.putChild(b"ws", UpgradeResource(websockets))
     root.putChild(b"poll", PollResource(hub, clock, admission, max_body))
+    root.putChild(b"sse", streams)
+    root.putChild(b"updates", RelayResource(hub, clock, admission))
+    publish = PublishingOff() if publisher_key is None else PublishResource(hub, publisher_key)
+    root.putChild(b"publish", publish)
     root.putChild(b"health", HealthResource(status))
     root.putChild(b"metrics", MetricsResource(status))
     static = Resource()
     script = File(str(client_script()), defaultType="application/javascript")
     static.putChild(b"serverpush.js", script)
     root.putChild(b"static", static)
-    return PushSite(root, admission, max_body, clock)
+    return PushSite(root, admission, max_body, clock, django)

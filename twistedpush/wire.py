@@ -10,7 +10,7 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from twistedpush.errors import BadRequest, Limit, PushError, TooLarge, Unavailable
+from twistedpush.errors import BadData, BadRequest, Limit, PushError, TooLarge, Unavailable
 from twistedpush.hub import STRICT_JSON
 
 log = Logger()
@@ -109,3 +109,58 @@ def failed_subscription(failure: Failure, channel: str) -> dict:
         return error_message(failure.value, channel)
     log.failure("replay of {channel} failed", failure, channel=channel)
     return error_message(Unavailable("history is unavailable; try again"), channel)
+
+
+def http_error(error: PushError) -> bytes:
+    """The JSON body of a refused plain HTTP request (SSE, publishing, push-relay)."""
+    return encode({"error": {"code": error.code, "message": error.message}})
+
+
+SSE_PREAMBLE = b": twistedpush\nretry: 3000\n\n"
+"""The start of every event stream: a comment line, then the reconnection delay (ms)."""
+
+SSE_KEEPALIVE = b": keep-alive\n\n"
+
+
+def sse_event(event: str | None, ts: int, message: bytes) -> bytes:
+    """One Server-Sent Event: ``id`` the position, ``event`` its type (none for an
+    update without a name: a plain ``message``), ``data`` the v1 message on one line.
+
+    A publisher's JSON may hold line breaks between its tokens (never inside a
+    string, where JSON escapes them); they would end the ``data:`` line, so they
+    become spaces, which leaves the same JSON value.
+    """
+    if b"\n" in message or b"\r" in message:
+        message = message.replace(b"\r", b" ").replace(b"\n", b" ")
+    if event is None:
+        return b"id: %d\ndata: %s\n\n" % (ts, message)
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (ts, event.encode(), message)
+
+
+def parse_position(text: bytes | None, what: str) -> int | None:
+    """A position given as text (a query's ``since``, SSE's ``Last-Event-ID``): ASCII
+    digits, or nothing at all (from now on)."""
+    if not text:
+        return None
+    if not text.isdigit() or len(text) > 20:
+        raise BadRequest(f"{what} must be a position (ASCII digits), got {text[:40]!r}")
+    return int(text)
+
+
+def parse_publish_batch(body: bytes, max_size: int) -> list[tuple[Any, Any, bytes | str]]:
+    """``{"updates": [{"channel", "data", "name"?}, ...]}`` as the hub's publications;
+    each ``data`` is a JSON value, encoded again as compact JSON text."""
+    request = _object(body, max_size, "body")
+    updates = request.get("updates")
+    if not isinstance(updates, list):
+        raise BadRequest("updates must be a list of {channel, data, name} objects")
+    items: list[tuple[Any, Any, bytes | str]] = []
+    for index, item in enumerate(updates):
+        if not isinstance(item, dict) or "channel" not in item or "data" not in item:
+            raise BadRequest(f"updates[{index}] must be an object with a channel and data")
+        try:
+            data = json.dumps(item["data"], separators=(",", ":"), ensure_ascii=False)
+        except RecursionError:
+            raise BadData(f"updates[{index}].data is nested too deeply") from None
+        items.append((item["channel"], item.get("name"), data))
+    return items

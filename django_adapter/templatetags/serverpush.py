@@ -25,11 +25,20 @@ def token_for(context: template.Context, channel: str) -> str | None:
     return state.token(channel) if state is not None else channel_token(channel)
 
 
+ONE_PORT = "twistedpush.one_port"
+"""WSGI environ key of a request served by ``runserverpush --allrequests``: the push
+server is then the page's own origin."""
+
+
 def push_url(request: Any) -> str:
+    """The push server as the page's browser reaches it: SERVERPUSH_URL, else the
+    page's own origin in one-port mode, else the page's host on SERVERPUSH_PORT."""
     if settings.URL:
         return str(settings.URL).rstrip("/")
     if request is None:
         return f"http://127.0.0.1:{settings.PORT}"
+    if request.META.get(ONE_PORT):
+        return f"{request.scheme}://{request.get_host()}"
     domain, _port = split_domain_port(request.get_host())
     if ":" in domain:
         domain = f"[{domain}]"

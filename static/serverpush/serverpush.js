@@ -12,6 +12,8 @@
  *   document.addEventListener("serverpush_headline", function (e) { e.detail; });
  *   $(document).bind("serverpush_headline", function (event, data) {});  // with jQuery
  *   $.updates.registerProcessor("room:1", "chat", function (data) {});   // by data.type
+ *   $.updates.subscribe({main: "http://host:8013/updates/room:1?token=..."});  // django-pushserver
+ *   $.updates.registerProcessor("main", "answer", function (data) {});
  *   document.addEventListener("serverpush_state", function (e) { e.detail.state; });
  *
  * ServerPush.state is one of:
@@ -195,7 +197,7 @@
     var entry = this.channels.get(channel);
     if (!entry) {
       var since = options.since !== undefined && options.since !== null ? options.since : this.since;
-      entry = {channel: channel, token: null, since: since, handlers: [],
+      entry = {channel: channel, token: null, since: since, handlers: [], names: [],
                failed: null, retryTimer: null, retryAttempt: 0};
       this.channels.set(channel, entry);
     }
@@ -716,14 +718,19 @@
         report("a handler of channel " + entry.channel, e);
       }
     }
-    var byType = this.processors.get(entry.channel);
-    if (byType && data && typeof data === "object" && data.type !== undefined && data.type !== null) {
-      var processor = byType.get(String(data.type));
-      if (processor) {
-        try {
-          processor(data, message);
-        } catch (e) {
-          report("the processor " + data.type + " of channel " + entry.channel, e);
+    if (data && typeof data === "object" && data.type !== undefined && data.type !== null) {
+      // Processors registered for the channel, and for the names pages gave it
+      // (django-pushserver's {name: url} subscriptions).
+      var keys = [entry.channel].concat(entry.names);
+      for (var k = 0; k < keys.length; k++) {
+        var byType = this.processors.get(keys[k]);
+        var processor = byType && byType.get(String(data.type));
+        if (processor) {
+          try {
+            processor(data, message);
+          } catch (e) {
+            report("the processor " + data.type + " of channel " + keys[k], e);
+          }
         }
       }
     }
@@ -735,8 +742,35 @@
   var client = new Client();
   global.ServerPush = client;
 
+  var RELAY_PATH = "/updates/";
+
+  // A push-relay subscriber URL, as django-pushserver's {% channel_url %} renders
+  // it: the push server, the channel and its token. Null for anything else.
+  function channelUrl(value) {
+    var at = typeof value === "string" ? value.indexOf(RELAY_PATH) : -1;
+    if (at < 0) {
+      return null;
+    }
+    var rest = value.slice(at + RELAY_PATH.length).split("#")[0];
+    var query = rest.indexOf("?") >= 0 ? rest.slice(rest.indexOf("?") + 1) : "";
+    var token = null;
+    var pairs = query.split("&");
+    for (var i = 0; i < pairs.length; i++) {
+      if (pairs[i].indexOf("token=") === 0) {
+        token = decodeURIComponent(pairs[i].slice("token=".length));
+      }
+    }
+    return {server: value.slice(0, at), channel: decodeURIComponent(rest.split("?")[0]),
+            token: token};
+  }
+
   // The django-pushserver style API, on jQuery when present.
   var updates = {
+    // A channel, a list of channels, {channel: token}, or django-pushserver's
+    // {name: channel URL}: the channel is followed (over WebSocket or long-poll,
+    // as any other) and processors registered under the name get its updates.
+    // The first absolute channel URL also names the push server, unless the
+    // page configured one.
     subscribe: function (channels) {
       if (typeof channels === "string") {
         client.subscribe(channels, {});
@@ -747,7 +781,25 @@
       } else {
         var names = Object.keys(channels);
         for (var j = 0; j < names.length; j++) {
-          client.subscribe(names[j], {token: channels[names[j]]});
+          var url = null;
+          try {
+            url = channelUrl(channels[names[j]]);
+          } catch (e) {
+            report("reading the channel URL of " + names[j], e);
+            continue;
+          }
+          if (url === null) {
+            client.subscribe(names[j], {token: channels[names[j]]});
+            continue;
+          }
+          if (!client.url && /^https?:\/\//.test(url.server)) {
+            client.url = url.server;
+          }
+          client.subscribe(url.channel, {token: url.token});
+          var entry = client.channels.get(url.channel);
+          if (names[j] !== url.channel && entry.names.indexOf(names[j]) < 0) {
+            entry.names.push(names[j]);
+          }
         }
       }
       return updates;

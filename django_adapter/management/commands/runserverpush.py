@@ -1,10 +1,12 @@
-"""``python manage.py runserverpush``: the push server, configured from SERVERPUSH_* settings."""
+"""``python manage.py runserverpush``: the push server, configured from SERVERPUSH_* settings;
+with ``--allrequests`` it serves the Django site too, on one port."""
 
 from __future__ import annotations
 
 import sys
 from typing import Any
 
+from django.apps import apps
 from django.core.management.base import BaseCommand, CommandError
 
 from django_adapter.conf import settings
@@ -21,6 +23,35 @@ REPEATABLE = {
 
 FROM_SETTINGS_ONLY = ("secret", "publisher-key")
 """Keys that must be the ones Django signs tokens and publishes with."""
+
+ALL_REQUESTS_PORT = "tcp:8000"
+"""The public port with --allrequests unless --port says otherwise (as django-pushserver)."""
+
+
+def django_resource(reactor: Any) -> Any:
+    """The Django site as a twisted.web resource: WSGI in the reactor's thread pool.
+
+    Requests are marked as coming through the push server's own port, so that
+    pages find it at their own origin (SERVERPUSH_URL's default then). With
+    DEBUG, static files are served as ``runserver`` serves them; in production
+    use whitenoise or a web server in front (docs/django.md).
+    """
+    from django.conf import settings as django_settings
+    from django.contrib.staticfiles.handlers import StaticFilesHandler
+    from django.core.wsgi import get_wsgi_application
+    from twisted.web.wsgi import WSGIResource
+
+    from django_adapter.templatetags.serverpush import ONE_PORT
+
+    application = get_wsgi_application()
+    if django_settings.DEBUG and apps.is_installed("django.contrib.staticfiles"):
+        application = StaticFilesHandler(application)
+
+    def one_port(environ: dict, start_response: Any) -> Any:
+        environ[ONE_PORT] = True
+        return application(environ, start_response)
+
+    return WSGIResource(reactor, reactor.getThreadPool(), one_port)
 
 
 def server_arguments() -> list[str]:
@@ -49,6 +80,23 @@ def server_arguments() -> list[str]:
     return args
 
 
+def command_arguments(options: dict[str, Any]) -> list[str]:
+    """The server's options: the settings', then this command's on top of them."""
+    argv = server_arguments()
+    if options.get("redis") is not None:  # replaces the setting's Redis (every shard)
+        pairs = zip(argv[::2], argv[1::2], strict=True)
+        argv = [arg for pair in pairs if pair[0] != "--redis" for arg in pair]
+    if options.get("allrequests") and options.get("port") is None:
+        argv += ["--port", ALL_REQUESTS_PORT]
+    for name, *_ in Options.optParameters:
+        if options.get(name) is not None:
+            argv += [f"--{name}", str(options[name])]
+    for option in REPEATABLE:
+        for value in options.get(option, ()):
+            argv += [f"--{option}", value]
+    return argv
+
+
 class Command(BaseCommand):
     help = (
         "Run the twistedpush push server configured from SERVERPUSH_* settings "
@@ -62,6 +110,12 @@ class Command(BaseCommand):
         for option in REPEATABLE:
             doc = getattr(Options, "opt_" + option.replace("-", "_")).__doc__
             parser.add_argument(f"--{option}", dest=option, action="append", default=[], help=doc)
+        parser.add_argument(
+            "--allrequests",
+            action="store_true",
+            help="Serve the Django site too, on the push server's public port "
+            f"(default {ALL_REQUESTS_PORT}): one process, one port, pages on the same origin.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         from twisted.internet import reactor, threads
@@ -73,18 +127,8 @@ class Command(BaseCommand):
             textFileLogObserver,
         )
 
-        argv = server_arguments()
-        if options.get("redis") is not None:  # replaces the setting's Redis (every shard)
-            pairs = zip(argv[::2], argv[1::2], strict=True)
-            argv = [arg for pair in pairs if pair[0] != "--redis" for arg in pair]
-        for name, *_ in Options.optParameters:
-            if options.get(name) is not None:
-                argv += [f"--{name}", str(options[name])]
-        for option in REPEATABLE:
-            for value in options[option]:
-                argv += [f"--{option}", value]
         server_options = Options()
-        server_options.parseOptions(argv)
+        server_options.parseOptions(command_arguments(options))
         opening = [glob for glob in server_options["public"] if glob_opens_groups(glob)]
         if opening:
             raise CommandError(
@@ -97,7 +141,8 @@ class Command(BaseCommand):
             quiet.setLogLevelForNamespace("twisted.protocols.amp", LogLevel.warn)
         try:
             check_ports(server_options, reactor)  # a taken port stops here, before listening
-            service = build_service(server_options, reactor)
+            django = django_resource(reactor) if options["allrequests"] else None
+            service = build_service(server_options, reactor, django)
             presence = DjangoPresence(
                 reactor, threads.deferToThread, server_options["allowed-origin"]
             )
