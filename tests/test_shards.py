@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+import pytest
 import txredisapi
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -381,3 +382,31 @@ def test_replays_asked_while_their_channel_is_read_wait_and_share_the_next_read(
         Replay([eight, late], False, 30),
         Replay([late], False, 30),
     ]
+
+
+def test_redis_repeated_makes_one_shard_each_in_order():
+    from twistedpush.tap import Options, make_store
+
+    options = Options()
+    options.parseOptions(["--redis", "redis://a:6379/0", "--redis", "redis://b:6380/1"])
+    store = make_store(options, Clock())
+    assert isinstance(store, ShardedHistory)
+    assert [s.address for s in store.shards] == ["a:6379/0", "b:6380/1"]
+    one = Options()
+    one.parseOptions(["--redis", "redis://a:6379/0"])
+    assert isinstance(make_store(one, Clock()), RedisHistory)
+    with pytest.raises(SystemExit):
+        Options().parseOptions(["--redis", "redis://a:6379/0", "--redis", "redis://a:6379/0"])
+
+
+def test_serverpush_redis_url_may_list_shards(settings):
+    from django_adapter.management.commands.runserverpush import server_arguments
+
+    settings.SERVERPUSH_REDIS_URL = ["redis://a:6379/0", "redis://b:6379/0"]
+    args = server_arguments()
+    assert [args[i + 1] for i, arg in enumerate(args) if arg == "--redis"] == [
+        "redis://a:6379/0",
+        "redis://b:6379/0",
+    ]
+    settings.SERVERPUSH_REDIS_URL = "redis://a:6379/0"
+    assert server_arguments().count("--redis") == 1
