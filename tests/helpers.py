@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.web.test.requesthelper import DummyRequest
 
@@ -103,3 +104,17 @@ class PollRequest(DummyRequest):
 
     def when_sent(self, callback: object) -> None:
         callback()  # type: ignore[operator]
+
+
+class Raw(Protocol):
+    """A client that writes bytes by hand (over iosim) and keeps what it is answered."""
+
+    def connectionMade(self) -> None:
+        self.received = b""
+        self.lost = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.lost = True

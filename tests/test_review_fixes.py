@@ -8,11 +8,10 @@ from io import BytesIO
 import pytest
 from autobahn.twisted.websocket import WebSocketClientFactory
 from twisted.internet.address import IPv4Address
-from twisted.internet.protocol import Protocol
 from twisted.test.iosim import FakeTransport, connectedServerAndClient
 from twisted.web.server import NOT_DONE_YET
 
-from tests.helpers import PollRequest, Recorder, SlowReplayStore, make_clock, make_hub
+from tests.helpers import PollRequest, Raw, Recorder, SlowReplayStore, make_clock, make_hub
 from tests.test_websocket import Client
 from twistedpush.access import AccessPolicy, _valid, check_channel, sign_token
 from twistedpush.errors import BadRequest, Forbidden
@@ -43,20 +42,6 @@ def ws_connect(site, clock):
     )
     pump.flush()
     return client, pump
-
-
-class Raw(Protocol):
-    """A client that writes bytes by hand and keeps what it is answered."""
-
-    def connectionMade(self):
-        self.received = b""
-        self.lost = False
-
-    def dataReceived(self, data):
-        self.received += data
-
-    def connectionLost(self, reason):
-        self.lost = True
 
 
 def raw_connect(site, clock, peer="192.0.2.1"):

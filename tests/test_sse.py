@@ -8,30 +8,15 @@ import json
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import fail
-from twisted.internet.protocol import Protocol
 from twisted.test.iosim import FakeTransport, connectedServerAndClient
 
-from tests.helpers import make_clock, make_hub
+from tests.helpers import Raw, make_clock, make_hub
 from twistedpush.access import sign_token
 from twistedpush.errors import Unavailable
 from twistedpush.limits import Admission, Limits
 from twistedpush.sse import KEEPALIVE_INTERVAL
 from twistedpush.web import make_site
 from twistedpush.websocket import STALL_TIMEOUT
-
-
-class Raw(Protocol):
-    """An HTTP client written by hand: what it sends is exactly what a test writes."""
-
-    def connectionMade(self):
-        self.received = b""
-        self.lost = False
-
-    def dataReceived(self, data):
-        self.received += data
-
-    def connectionLost(self, reason):
-        self.lost = True
 
 
 class Answer:
