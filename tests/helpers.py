@@ -1,13 +1,20 @@
-"""Test doubles shared by the unit tests."""
+"""Test doubles and small helpers shared by the tests."""
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
+import urllib.request
 from collections.abc import Sequence
+from typing import Any
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
+from twisted.test.iosim import FakeTransport, IOPump, connectedServerAndClient
+from twisted.web.server import Site
 from twisted.web.test.requesthelper import DummyRequest
 
 from twistedpush.access import AccessPolicy
@@ -118,3 +125,47 @@ class Raw(Protocol):
 
     def connectionLost(self, reason: object = None) -> None:
         self.lost = True
+
+
+def raw_connect(site: Site, clock: Clock, peer: str = "192.0.2.1") -> tuple[Raw, Any, IOPump]:
+    """A :class:`Raw` client connected to ``site`` over iosim, from ``peer``."""
+    return connectedServerAndClient(
+        lambda: site.buildProtocol(None),
+        Raw,
+        serverTransportFactory=lambda protocol: FakeTransport(
+            protocol, isServer=True, peerAddress=IPv4Address("TCP", peer, 40000)
+        ),
+        clock=clock,
+    )
+
+
+class PageServer:
+    """A test page from a loopback HTTP server of its own, at its own origin (as a
+    Django page on another port would be). Other paths (the page's scripts and
+    CSS) come from ``fallback`` when given, else they get the page too."""
+
+    def __init__(self, html: str, fallback: str | None = None) -> None:
+        page = html.encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                content_type, body = "text/html; charset=utf-8", page
+                if self.path != "/" and fallback is not None:
+                    with urllib.request.urlopen(fallback + self.path, timeout=10) as response:
+                        content_type, body = response.headers["Content-Type"], response.read()
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

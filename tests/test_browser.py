@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import http.server
 import inspect
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -18,6 +16,7 @@ import pytest
 from demo import views
 
 from tests.conftest import ROOT, RedisServer, free_port
+from tests.helpers import PageServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -236,41 +235,10 @@ def test_two_pages_see_the_counter_live(demo, context):
     wait_counter(second, start + 2)
 
 
-class StaleHTML:
-    """Serves HTML that Django rendered earlier, from loopback like the demo itself;
-    any other path (the page's scripts and CSS) comes from the demo."""
-
-    def __init__(self, html: str, site: DemoSite) -> None:
-        page = html.encode()
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                content_type, body = "text/html; charset=utf-8", page
-                if self.path != "/":
-                    with urllib.request.urlopen(site.url + self.path, timeout=10) as response:
-                        content_type, body = response.headers["Content-Type"], response.read()
-                self.send_response(200)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_page_rendered_before_an_update_catches_up_on_load(demo, context):
     html = demo.visit("/")  # rendered now, reaching the browser later
     rendered = int(html.split('id="counter">')[1].split("<")[0])
-    stale = StaleHTML(html, demo)
+    stale = PageServer(html, demo.url)  # rendered earlier; scripts and CSS from the demo
     try:
         page = context.new_page()
         demo.visit("/")
@@ -492,7 +460,7 @@ def test_wamp_page_explains_itself_and_is_live_with_v1_pages(demo, context):
 
 def test_wamp_page_rendered_before_updates_catches_up_with_since(demo, context):
     html = demo.visit("/wamp/")  # rendered now, reaching the browser later
-    stale = StaleHTML(html, demo)
+    stale = PageServer(html, demo.url)  # rendered earlier; scripts and CSS from the demo
     try:
         port = demo.env["DEMO_NOTIFIER_PORT"]
         chat_update(port, 900001, "published before the page loaded")

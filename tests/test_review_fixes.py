@@ -6,13 +6,10 @@ import json
 from io import BytesIO
 
 import pytest
-from autobahn.twisted.websocket import WebSocketClientFactory
-from twisted.internet.address import IPv4Address
-from twisted.test.iosim import FakeTransport, connectedServerAndClient
 from twisted.web.server import NOT_DONE_YET
 
-from tests.helpers import PollRequest, Raw, Recorder, SlowReplayStore, make_clock, make_hub
-from tests.test_websocket import Client
+from tests.helpers import PollRequest, Recorder, SlowReplayStore, make_clock, make_hub, raw_connect
+from tests.test_websocket import connect
 from twistedpush.access import AccessPolicy, _valid, check_channel, sign_token
 from twistedpush.errors import BadRequest, Forbidden
 from twistedpush.hub import Hub
@@ -35,25 +32,8 @@ def setup(**limits):
 
 
 def ws_connect(site, clock):
-    factory = WebSocketClientFactory("ws://localhost/ws", reactor=clock)
-    factory.protocol = Client
-    client, server, pump = connectedServerAndClient(
-        lambda: site.buildProtocol(None), lambda: factory.buildProtocol(None), clock=clock
-    )
-    pump.flush()
+    client, _, pump = connect(site, clock)
     return client, pump
-
-
-def raw_connect(site, clock, peer="192.0.2.1"):
-    client, server, pump = connectedServerAndClient(
-        lambda: site.buildProtocol(None),
-        Raw,
-        serverTransportFactory=lambda protocol: FakeTransport(
-            protocol, isServer=True, peerAddress=IPv4Address("TCP", peer, 40000)
-        ),
-        clock=clock,
-    )
-    return client, server, pump
 
 
 def status_and_body(raw):
@@ -284,7 +264,7 @@ def test_replays_wait_for_a_stalled_reader_and_live_updates_past_the_bound_drop_
     protocol.pauseProducing()  # what TCP does when the client stops reading
     client.send_json({"type": "subscribe", "channel": "room", "since": first})
     pump.flush()
-    assert protocol._queued < 1_000  # the replay is not framed while nobody reads
+    assert protocol.outbox.queued < 1_000  # the replay is not framed while nobody reads
     assert site.resource.children[b"ws"]._factory.slow_drops == 0
     publish(hub, "room", big)
     publish(hub, "room", big)  # 200 KB of live updates queued behind it: past the bound
@@ -402,7 +382,7 @@ def test_a_stalled_reader_with_a_replay_waiting_is_dropped_and_resubscribing_add
     for _ in range(50):  # each subscribe replaces the last one's unsent replay
         client.send_json({"type": "subscribe", "channel": "room", "since": first})
         pump.flush()
-    assert protocol._replays == 1
+    assert protocol.outbox.replays == 1
     clock.advance(14)
     assert site.resource.children[b"ws"]._factory.slow_drops == 0
     clock.advance(1)  # STALL_TIMEOUT with something waiting and nothing read

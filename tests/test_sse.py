@@ -6,17 +6,17 @@ from __future__ import annotations
 import json
 
 import pytest
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import fail
-from twisted.test.iosim import FakeTransport, connectedServerAndClient
 
-from tests.helpers import Raw, make_clock, make_hub
-from twistedpush.access import sign_token
+from tests.helpers import SlowReplayStore, make_clock, make_hub
+from tests.helpers import raw_connect as connect  # also for other HTTP tests
+from twistedpush.access import AccessPolicy, sign_token
 from twistedpush.errors import Unavailable
+from twistedpush.hub import Hub
 from twistedpush.limits import Admission, Limits
 from twistedpush.sse import KEEPALIVE_INTERVAL
 from twistedpush.web import make_site
-from twistedpush.websocket import STALL_TIMEOUT
+from twistedpush.writes import STALL_TIMEOUT
 
 
 class Answer:
@@ -70,18 +70,6 @@ def setup(**limits):
     hub = make_hub(clock, secret="s3cret", public=("pub.*",))
     admission = Admission(Limits(**limits))
     return hub, clock, admission, make_site(hub, clock, admission)
-
-
-def connect(site, clock, peer="192.0.2.1"):
-    client, server, pump = connectedServerAndClient(
-        lambda: site.buildProtocol(None),
-        Raw,
-        serverTransportFactory=lambda protocol: FakeTransport(
-            protocol, isServer=True, peerAddress=IPv4Address("TCP", peer, 40000)
-        ),
-        clock=clock,
-    )
-    return client, server, pump
 
 
 def get(site, clock, target: str, *headers: str, version: str = "1.1"):
@@ -248,6 +236,27 @@ def test_a_comment_keeps_every_stream_alive_within_25_seconds():
     clock.advance(KEEPALIVE_INTERVAL)
     pump.flush()
     assert Answer(client.received).body == before + b": keep-alive\n\n"
+
+
+def test_a_keep_alive_while_history_is_read_leaves_a_refusal_a_plain_400():
+    """The keep-alive tick once started a stream whose history was still being read,
+    so a refusal found then came as an empty stream left open instead of a 400."""
+    clock = make_clock()
+    store = SlowReplayStore(clock, 100, 3600)
+    hub = Hub(store, AccessPolicy(None, ("*",)), clock)
+    hub.start()
+    site = make_site(hub, clock, Admission())
+    get(site, clock, "/sse/other")  # a stream that is on: the keep-alive timer runs
+    store.release()
+    client, server, pump = get(site, clock, f"/sse/room?since={10**17}")
+    clock.advance(KEEPALIVE_INTERVAL)  # its history is still being read
+    pump.flush()
+    store.release()
+    pump.flush()
+    answer = Answer(client.received)
+    assert answer.status == 400
+    assert "after the server's current position" in answer.json()["error"]["message"]
+    assert hub.stats()["subscriptions"] == 1  # the other stream's
 
 
 def test_line_breaks_between_json_tokens_stay_on_one_data_line():

@@ -5,13 +5,12 @@ own, so the stream is cross-origin, as from a Django page on another port."""
 
 from __future__ import annotations
 
-import http.server
 import signal
-import threading
 
 import pytest
 
 from tests.conftest import RedisServer
+from tests.helpers import PageServer
 from tests.test_browser import browser, context  # noqa: F401 (fixtures)
 from twistedpush.client import PushClient
 
@@ -32,32 +31,6 @@ source.addEventListener("tick", keep("tick"));
 source.addEventListener("subscribed", keep("subscribed"));
 source.addEventListener("reset", keep("reset"));
 </script>"""
-
-
-class PageServer:
-    """One HTML page on loopback, at its own origin."""
-
-    def __init__(self, html: str) -> None:
-        body = html.encode()
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def updates(page) -> list[tuple[str, str, object]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.twisted.websocket import WebSocketClientFactory
 from autobahn.wamp import message
 from autobahn.wamp.exception import ProtocolError
 from twisted.internet.defer import fail
@@ -25,23 +25,15 @@ from twistedpush.web import make_site
 HELLO = [1, "serverpush", {"roles": {"subscriber": {}}}]
 
 
-class WampClient(WebSocketClientProtocol):
+class WampClient(Client):
     """Sends WAMP messages as JSON lists and keeps what the server sends, parsed."""
 
     def onConnect(self, response):
+        super().onConnect(response)
         self.subprotocol = response.protocol
-        self.received = []
-        self.closed = None
-
-    def onMessage(self, payload, isBinary):
-        self.received.append(json.loads(payload))
-
-    def onClose(self, wasClean, code, reason):
-        self.closed = code
-        self.close_reason = reason or self.wasNotCleanReason
 
     def send(self, *msg):
-        self.sendMessage(json.dumps(list(msg)).encode())
+        self.send_json(list(msg))
 
     def take(self):
         received, self.received = self.received, []
@@ -658,7 +650,7 @@ def test_a_wamp_replay_is_framed_as_the_client_reads():
     protocol.pauseProducing()
     client.send(32, 1, {"_since": first}, "pub.room")
     pump.flush()
-    assert protocol._queued < 1_000  # SUBSCRIBED; the replay waits unframed
+    assert protocol.outbox.queued < 1_000  # SUBSCRIBED; the replay waits unframed
     protocol.resumeProducing()
     for _ in range(200):
         pump.flush()

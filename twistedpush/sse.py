@@ -12,9 +12,9 @@ into events only as the client takes them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -27,7 +27,6 @@ from twistedpush.httputil import channel_of, failure_error, query, refuse
 from twistedpush.hub import Hub
 from twistedpush.limits import Admission, address_key
 from twistedpush.longpoll import Cors, allow_cross_origin
-from twistedpush.websocket import REPLAY_CHUNK, STALL_TIMEOUT, _Replay
 from twistedpush.wire import (
     SSE_KEEPALIVE,
     SSE_PREAMBLE,
@@ -37,7 +36,7 @@ from twistedpush.wire import (
     sse_event,
     subscribed_message,
 )
-from twistedpush.writes import write_now
+from twistedpush.writes import Outbox, Outboxes, write_now
 
 if TYPE_CHECKING:
     from twistedpush.web import PushRequest
@@ -51,23 +50,18 @@ KEEPALIVE_INTERVAL = 20.0
 
 
 class _Stream:
-    """One event stream: the hub's subscriber and its request's push producer."""
+    """One event stream: the hub's subscriber, and the sink of its outbox (the
+    request's push producer)."""
 
     lasting = True
     started = False
     done = False
-    paused = False
-    _stall: IDelayedCall | None = None
-    _dirty = False
-    _queued = 0
-    """Bytes of events in the outbox (replays not yet turned into events are history's)."""
-    _replays = 0
 
     def __init__(self, resource: SSEResource, request: PushRequest) -> None:
         self.resource = resource
         self.request = request
         self.ticket = request.ticket
-        self._outbox: list[bytes | _Replay] = []
+        self.outbox = Outbox(self, resource.outboxes)
         origin = request.getHeader(b"origin")
         self.http_headers = {} if origin is None else {"origin": origin.decode("latin-1")}
         """What presence listeners read of the browser, as of a WebSocket's handshake."""
@@ -100,106 +94,46 @@ class _Stream:
         request.setHeader(b"Cache-Control", b"no-cache")
         request.setHeader(b"X-Accel-Buffering", b"no")
         request.write(b"")  # the headers; events go out through the outbox
-        request.registerProducer(self, True)
-        self._queue(SSE_PREAMBLE)
+        request.registerProducer(self.outbox, True)
+        self.outbox.send(SSE_PREAMBLE)
 
-    # Subscriber
+    # Subscriber: the hub sends the replay first, and with it the stream starts
 
     def send_replay(self, updates: Sequence[Update]) -> None:
         if not self.started:
             self._start()
-        if updates and not self.done:
-            self._outbox.append(_Replay(updates, self.resource.event))
-            self._replays += 1
-            self._mark_dirty()
+        self.outbox.replay(updates, self.resource.event)
 
     def send_update(self, update: Update) -> None:
-        self._queue(self.resource.event(update))
+        self.outbox.send(self.resource.event(update))
 
     def send_reset(self, channel: str, now: int) -> None:
-        self._queue(sse_event("reset", now, encode(reset_message(channel, now))))
+        self.outbox.send(sse_event("reset", now, encode(reset_message(channel, now))))
 
     def send_subscribed(self, channel: str, now: int) -> None:
-        self._queue(sse_event("subscribed", now, encode(subscribed_message(channel, now))))
+        self.outbox.send(sse_event("subscribed", now, encode(subscribed_message(channel, now))))
 
     def discard(self, channel: str) -> None:
-        """The subscription ended: its unsent replay goes."""
-        self._outbox = [item for item in self._outbox if not isinstance(item, _Replay)]
-        self._replays = 0
+        self.outbox.discard(channel)
 
     def going_away(self) -> None:
         """The server is stopping: send what waits, end the stream; the browser's
         EventSource reconnects (to another node) with its Last-Event-ID."""
         if self.started and not self.done:
-            self.flush()
+            self.outbox.flush()
             self.close()
 
-    # Output
-
     def keep_alive(self) -> None:
-        self._queue(SSE_KEEPALIVE)
+        """A comment, once the stream has begun (before, no answer has started)."""
+        if self.started:
+            self.outbox.send(SSE_KEEPALIVE)
 
-    def _queue(self, event: bytes) -> None:
-        if self.done:
-            return
-        if not self.started:
-            self._start()
-        if self._queued + len(event) > self.resource.max_pending_bytes:
-            if self.paused:
-                self._drop_slow()
-                return
-            self.flush()  # a big turn for a client that reads: hand it over now
-        self._outbox.append(event)
-        self._queued += len(event)
-        self._mark_dirty()
+    # Output: the outbox's sink
 
-    def _mark_dirty(self) -> None:
-        if not self._dirty and not self.paused:
-            self._dirty = True
-            self.resource.mark_dirty(self)
+    def writable(self) -> bool:
+        return not self.done
 
-    def flush(self) -> None:
-        """Write about REPLAY_CHUNK bytes or all of the outbox (replays are turned into
-        events as they go), unless the client is not reading (then resumeProducing
-        asks again)."""
-        self._dirty = False
-        outbox = self._outbox
-        if not outbox or self.paused or self.done:
-            return
-        if not self._replays:
-            self._outbox = []
-            self._queued = 0
-            self._write(b"".join(cast(list[bytes], outbox)))  # no replay among them
-            return
-        out, self._outbox = self._take_replaying(outbox)
-        if self._outbox:
-            self._mark_dirty()  # more next turn (if the write fills the transport: on resume)
-        self._write(b"".join(out))
-
-    def _take_replaying(
-        self, outbox: list[bytes | _Replay]
-    ) -> tuple[list[bytes], list[bytes | _Replay]]:
-        """About REPLAY_CHUNK bytes of events from the outbox, and what is left."""
-        out: list[bytes] = []
-        size = 0
-        index = 0
-        while index < len(outbox) and size < REPLAY_CHUNK:
-            item = outbox[index]
-            if isinstance(item, _Replay):
-                events, framed, finished = item.frames(REPLAY_CHUNK - size)
-                out += events
-                size += framed
-                if not finished:
-                    break
-                self._replays -= 1
-            else:
-                out.append(item)
-                size += len(item)
-                self._queued -= len(item)
-            index += 1
-        return out, outbox[index:]
-
-    def _write(self, data: bytes) -> None:
+    def write_out(self, data: bytes) -> None:
         """Straight to the socket when it takes it (writes.write_now), as its own
         HTTP chunk when the answer is chunked (HTTP/1.1)."""
         request = self.request
@@ -208,43 +142,15 @@ class _Stream:
             data = b"%x\r\n%s\r\n" % (len(data), data)
         write_now(request.connection.transport, data)
 
-    # Push producer of the request: the transport says when the client stops reading
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-        if self._stall is None:
-            self._stall = self.resource.clock.callLater(STALL_TIMEOUT, self._stalled)
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        self._cancel_stall()
-        if self._outbox:
-            self.flush()
-
-    def stopProducing(self) -> None:
-        self.paused = True
-        self._cancel_stall()
-
-    def _cancel_stall(self) -> None:
-        if self._stall is not None and self._stall.active():
-            self._stall.cancel()
-        self._stall = None
-
-    def _stalled(self) -> None:
-        self._stall = None
-        if self.paused and self._outbox and not self.done:
-            self._drop_slow()
-
-    def _drop_slow(self) -> None:
+    def drop_slow(self, queued: int) -> None:
         """Not hub.drop() here: this may run inside the hub's fan-out loop. Aborting
         the connection ends the request, and its end forgets the subscription."""
         self.resource.slow_drops += 1
         log.info(
             "dropping slow event-stream client {address}: {queued} bytes it has not read",
             address=address_key(self.request.getClientAddress()),
-            queued=self._queued,
+            queued=queued,
         )
-        self._outbox = []
         self.done = True
         self.request.connection.transport.abortConnection()
 
@@ -253,15 +159,14 @@ class _Stream:
         if self.done:
             return
         self.done = True
-        self._outbox = []
+        self.outbox.close()
         self.request.unregisterProducer()
         self.request.finish()
 
     def finished(self, _: object) -> None:
         """The answer ended or the client went away: forget everything at once."""
         self.done = True
-        self._outbox = []
-        self._cancel_stall()
+        self.outbox.close()
         self.resource.forget(self)
 
 
@@ -276,11 +181,9 @@ class SSEResource(Resource):
         self.hub = hub
         self.clock = clock
         self.admission = admission
-        self.max_pending_bytes = admission.limits.max_pending_bytes
+        self.outboxes = Outboxes(clock, admission.limits.max_pending_bytes)
         self.streams: set[_Stream] = set()
         self.slow_drops = 0
-        self._dirty: list[_Stream] = []
-        self._flush_call: Any = None
         self._last: tuple[Update | None, bytes] = (None, b"")
         self._keepalive = LoopingCall(self._keep_alive)
         self._keepalive.clock = clock
@@ -345,15 +248,3 @@ class SSEResource(Resource):
     def _keep_alive(self) -> None:
         for stream in self.streams:
             stream.keep_alive()
-
-    def mark_dirty(self, stream: _Stream) -> None:
-        """``stream`` has events to write: flush them all at the end of this turn."""
-        self._dirty.append(stream)
-        if self._flush_call is None:
-            self._flush_call = self.clock.callLater(0, self._flush)
-
-    def _flush(self) -> None:
-        self._flush_call = None
-        dirty, self._dirty = self._dirty, []
-        for stream in dirty:
-            stream.flush()

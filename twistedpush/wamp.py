@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from twistedpush.errors import PushError, Unavailable
 from twistedpush.history import Update
 from twistedpush.hub import STRICT_JSON, Hub
+from twistedpush.writes import Outbox
 
 log = Logger()
 
@@ -161,14 +162,10 @@ class Connection(Protocol):
     """What a session needs of its WebSocket (``websocket.PushWebSocketProtocol``):
     its outbox, with the same slow-client bound and replays framed as it reads."""
 
+    outbox: Outbox
+
     @property
     def cookie(self) -> str | None: ...
-
-    def send_frame(self, frame: bytes) -> None: ...
-
-    def send_replay(self, updates: Sequence[Update], frame: Callable[[Update], bytes]) -> None: ...
-
-    def discard(self, channel: str) -> None: ...
 
     def close(self, code: int, reason: str) -> None: ...
 
@@ -189,6 +186,7 @@ class WampSession:
     def __init__(self, broker: Broker, connection: Connection) -> None:
         self.broker = broker
         self.connection = connection
+        self.outbox = connection.outbox
         self.id: int | None = None
         self.ended = False
         self.channels: set[str] = set()
@@ -299,7 +297,7 @@ class WampSession:
     # Output (the hub's Subscriber protocol)
 
     def send_update(self, update: Update) -> None:
-        self.connection.send_frame(self.broker.event(update))
+        self.outbox.send(self.broker.event(update))
 
     def send_replay(self, updates: Sequence[Update]) -> None:
         self._replay = updates
@@ -319,14 +317,14 @@ class WampSession:
             self._send(message.Subscribed(request, subscription))
         replay, self._replay = self._replay, ()
         if replay:
-            self.connection.send_replay(replay, self.broker.replay_event)
+            self.outbox.replay(replay, self.broker.replay_event)
         reset, self._reset = self._reset, None
         if reset is not None:
             self._send_reset(channel, reset)
 
     def discard(self, channel: str) -> None:
         """The hub ended the subscription (UNSUBSCRIBE, a failed replay, the end)."""
-        self.connection.discard(channel)
+        self.outbox.discard(channel)
         self._forget(channel)
 
     def going_away(self) -> None:
@@ -348,7 +346,7 @@ class WampSession:
         self._send_raw(msg.marshal())
 
     def _send_raw(self, raw: list) -> None:
-        self.connection.send_frame(self.broker.message(raw))
+        self.outbox.send(self.broker.message(raw))
 
     def _abort(self, reason: str, text: str, code: int) -> None:
         self._send(message.Abort(reason, text))
