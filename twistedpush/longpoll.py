@@ -147,7 +147,7 @@ class _Poll:
         """A poll's messages are all sent in its one answer."""
 
     def send_reset(self, channel: str, now: int) -> None:
-        self.messages.append(encode(reset_message(channel, now)))
+        self.messages.append(reset_message(channel, now))
 
     def send_subscribed(self, channel: str, now: int) -> None:
         self.cursor = now if self.cursor is None else min(self.cursor, now)

@@ -28,7 +28,7 @@ from twistedpush.httputil import channel_of, failure_error, query, refuse
 from twistedpush.hub import Hub
 from twistedpush.limits import Admission
 from twistedpush.longpoll import Cors, allow_cross_origin
-from twistedpush.wire import encode, reset_message
+from twistedpush.wire import reset_message
 
 if TYPE_CHECKING:
     from twistedpush.web import PushRequest
@@ -122,7 +122,7 @@ class _Wait:
             # A position ahead of this server (its clock went back across a restart):
             # these clients would send it again and again, so start them over from now.
             self.resource.hub.now().addCallbacks(
-                lambda now: self._take(now, encode(reset_message(self.channel, now))),
+                lambda now: self._take(now, reset_message(self.channel, now)),
                 self._failed,
             )
             return
@@ -138,7 +138,7 @@ class _Wait:
         self._take(update.ts, update.data.encode())
 
     def send_reset(self, channel: str, now: int) -> None:
-        self._take(now, encode(reset_message(channel, now)))
+        self._take(now, reset_message(channel, now))
 
     def send_subscribed(self, channel: str, now: int) -> None:
         """Nothing to say: a client waiting without an update keeps its position."""

@@ -30,7 +30,6 @@ from twistedpush.longpoll import Cors, allow_cross_origin
 from twistedpush.wire import (
     SSE_KEEPALIVE,
     SSE_PREAMBLE,
-    encode,
     parse_position,
     reset_message,
     sse_event,
@@ -108,10 +107,10 @@ class _Stream:
         self.outbox.send(self.resource.event(update))
 
     def send_reset(self, channel: str, now: int) -> None:
-        self.outbox.send(sse_event("reset", now, encode(reset_message(channel, now))))
+        self.outbox.send(sse_event("reset", now, reset_message(channel, now)))
 
     def send_subscribed(self, channel: str, now: int) -> None:
-        self.outbox.send(sse_event("subscribed", now, encode(subscribed_message(channel, now))))
+        self.outbox.send(sse_event("subscribed", now, subscribed_message(channel, now)))
 
     def discard(self, channel: str) -> None:
         self.outbox.discard(channel)

@@ -216,10 +216,10 @@ class PushWebSocketProtocol(WebSocketServerProtocol):
             self.sendCloseFrame(code, reason.encode()[:123].decode(errors="ignore").encode())
 
     def send_reset(self, channel: str, now: int) -> None:
-        self._send_message(reset_message(channel, now))
+        self.outbox.send(text_frame(reset_message(channel, now)))
 
     def send_subscribed(self, channel: str, now: int) -> None:
-        self._send_message(subscribed_message(channel, now))
+        self.outbox.send(text_frame(subscribed_message(channel, now)))
 
 
 class PushWebSocketFactory(WebSocketServerFactory):

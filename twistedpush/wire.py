@@ -82,12 +82,15 @@ def encode(message: dict) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode()
 
 
-def reset_message(channel: str, now: int) -> dict:
-    return {"type": "reset", "channel": channel, "ts": now}
+def reset_message(channel: str, now: int) -> bytes:
+    """``channel`` is a validated name (no character JSON escapes): put together as
+    Update.create does, once per subscriber and reconnect."""
+    return b'{"type":"reset","channel":"%s","ts":%d}' % (channel.encode(), now)
 
 
-def subscribed_message(channel: str, now: int) -> dict:
-    return {"type": "subscribed", "channel": channel, "ts": now}
+def subscribed_message(channel: str, now: int) -> bytes:
+    """As :func:`reset_message`: every subscription gets one, so no JSON encoder."""
+    return b'{"type":"subscribed","channel":"%s","ts":%d}' % (channel.encode(), now)
 
 
 def error_message(error: PushError, channel: Any = None) -> dict:
