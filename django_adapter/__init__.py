@@ -8,6 +8,8 @@ from django_adapter.client import (
     asend_update,
     asend_updates,
     current_timestamp,
+    history,
+    presence,
     send_update,
     send_updates,
 )
@@ -17,7 +19,9 @@ __all__ = [
     "asend_update",
     "asend_updates",
     "current_timestamp",
+    "history",
     "page_position",
+    "presence",
     "send_update",
     "send_updates",
 ]

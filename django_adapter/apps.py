@@ -37,16 +37,28 @@ Messages = list[checks.CheckMessage]
 CHECKS: list[Callable[..., Messages]] = []
 
 
-def _check(function: Callable[[], Messages]) -> Callable[..., Messages]:
-    """Register ``function`` as a Django system check (tag ``serverpush``)."""
+def _as_check(function: Callable[[], Messages]) -> Callable[..., Messages]:
+    """``function`` with the arguments Django passes to a check."""
 
     def check(app_configs: Any = None, **kwargs: Any) -> Messages:
         return function()
 
     check.__name__ = check.__qualname__ = function.__name__  # as Django lists it
     check.__doc__ = function.__doc__
+    return check
+
+
+def _check(function: Callable[[], Messages]) -> Callable[..., Messages]:
+    """Register ``function`` as a Django system check (tag ``serverpush``)."""
+    check = _as_check(function)
     CHECKS.append(check)
     return checks.register(check, "serverpush")
+
+
+def _deploy_check(function: Callable[[], Messages]) -> Callable[..., Messages]:
+    """Register ``function`` as a ``manage.py check --deploy`` check only (tag
+    ``serverpush``; not in CHECKS): it looks for settings fine in development."""
+    return checks.register(_as_check(function), "serverpush", deploy=True)
 
 
 def check_settings(app_configs: Any = None, **kwargs: Any) -> Messages:
@@ -356,4 +368,20 @@ def check_atomic_requests() -> Messages:
         )
         for alias, database in getattr(django_settings, "DATABASES", {}).items()
         if database.get("ATOMIC_REQUESTS")
+    ]
+
+
+@_deploy_check
+def check_enabled() -> Messages:
+    """W005: SERVERPUSH_ENABLED = False without DEBUG, most likely a test setting
+    left in production: no page would go live and every update would be dropped."""
+    if settings.ENABLED or django_settings.DEBUG:
+        return []
+    return [
+        checks.Warning(
+            "SERVERPUSH_ENABLED is False: Django never contacts the push server, so "
+            "pages never go live and every update is dropped.",
+            hint="It is meant for test settings: remove it from production settings.",
+            id="django_adapter.W005",
+        )
     ]

@@ -20,11 +20,13 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 
 from django_adapter.conf import settings
+from twistedpush.access import check_channel
 from twistedpush.client import PushClient, PushServerUnavailable, encode_update
 from twistedpush.errors import PushError
+from twistedpush.history import HISTORY_LIMIT, check_history_query
 
 __all__ = ["PushServerUnavailable", "asend_update", "asend_updates", "current_timestamp",
-           "send_update", "send_updates"]  # fmt: skip
+           "history", "presence", "send_update", "send_updates"]  # fmt: skip
 
 log = logging.getLogger("django_adapter")
 
@@ -112,6 +114,42 @@ class Outage:
 
 outage = Outage()
 
+Recorder = Callable[[list[bytes], Sequence[Any]], None]
+recorders: list[Recorder] = []
+"""The active ``django_adapter.testing.capture_updates()`` blocks, process-wide:
+while there is one, every publication is handed to each of them (with the user
+each update was serialized for) instead of going to the push server."""
+
+_positions = threading.Lock()
+_last_position = 0
+
+
+def local_position() -> int:
+    """A position from this process's clock, strictly increasing, in the push
+    server's unit (microseconds): what pages and publications get while the push
+    server is not asked (SERVERPUSH_ENABLED = False, capture_updates())."""
+    global _last_position
+    with _positions:
+        _last_position = max(time.time_ns() // 1000, _last_position + 1)
+        return _last_position
+
+
+def _local_only() -> bool:
+    """Whether queries answer here without the push server: SERVERPUSH_ENABLED = False,
+    or a capture_updates() block records (a test then renders pages as under it)."""
+    return not settings.ENABLED or bool(recorders)
+
+
+def _diverted(boxes: list[bytes], users: Sequence[Any] = ()) -> list[int] | None:
+    """Positions for ``boxes`` if they do not go to the push server: recorded by
+    capture_updates(), or dropped under SERVERPUSH_ENABLED = False; else None."""
+    active = tuple(recorders)
+    if not active and settings.ENABLED:
+        return None
+    for record in active:
+        record(boxes, users)
+    return [local_position() for _ in boxes]
+
 
 def _call(method: Callable[[PushClient], T]) -> T:
     """``method`` on this thread's client, unless the push server is known to be down."""
@@ -138,10 +176,13 @@ def encode(channel: str, data: Any, name: str | None = None) -> bytes:
     return encode_update(channel, data, name, _ENCODER)
 
 
-def deliver(boxes: list[bytes]) -> None:
+def deliver(boxes: list[bytes], users: Sequence[Any] = ()) -> None:
     """Send encoded updates after a commit: the request that committed must not
     fail for it, so an unavailable push server is logged (once per outage) and
-    counted in ``outage.unsent``, and a refusal is logged."""
+    counted in ``outage.unsent``, and a refusal is logged. ``users``: whom each
+    update was serialized for (``<view>_update``), for capture_updates()."""
+    if _diverted(boxes, users) is not None:
+        return
     try:
         _call(lambda client: client.send_encoded(boxes))
     except PushServerUnavailable:
@@ -151,15 +192,39 @@ def deliver(boxes: list[bytes]) -> None:
         log.exception("push server refused %d updates sent after commit", len(boxes))
 
 
-def _in_atomic_block(using: str | None) -> bool:
-    return transaction.get_connection(using).in_atomic_block
+def _test_commit(using: str | None) -> bool:
+    """Whether capture_updates() records and the only transactions open are a test
+    case's own (TestCase, pytest-django's ``db``): they never commit, and stand for
+    committed ones there, as ``captureOnCommitCallbacks(execute=True)`` has them."""
+    if not recorders:
+        return False
+    # Django's private markers of a test case's atomic blocks: present from Django 4.1
+    # (ticket #33161) and checked up to 5.2. A Django without them gets False here,
+    # so publications wait for on_commit (run at the end of capture_updates()).
+    blocks = getattr(transaction.get_connection(using), "atomic_blocks", None)
+    if blocks is None:
+        return False
+    return all(getattr(block, "_from_testcase", False) for block in blocks)
+
+
+def on_commit(callback: Callable[[], None], using: str | None) -> None:
+    """``transaction.on_commit(callback, using, robust=True)``, but run now under
+    ``_test_commit`` (an exception in it logged as Django would)."""
+    if not _test_commit(using):
+        transaction.on_commit(callback, using, robust=True)
+        return
+    try:
+        callback()
+    except Exception:
+        log.exception("publishing after commit failed")
 
 
 def _send(boxes: list[bytes], using: str | None) -> list[int] | None:
-    if _in_atomic_block(using):
+    if transaction.get_connection(using).in_atomic_block and not _test_commit(using):
         transaction.on_commit(partial(deliver, boxes), using, robust=True)
         return None
-    return _call(lambda client: client.send_encoded(boxes))
+    stamps = _diverted(boxes)
+    return stamps if stamps is not None else _call(lambda client: client.send_encoded(boxes))
 
 
 def send_update(
@@ -184,8 +249,39 @@ def send_updates(updates: Iterable[Sequence[Any]], using: str | None = None) -> 
 
 
 def current_timestamp() -> int:
-    """The push server's current position (a page's ``since``), from its clock."""
+    """The push server's current position (a page's ``since``), from its clock;
+    with SERVERPUSH_ENABLED = False or while capture_updates() records,
+    :func:`local_position`, without asking it."""
+    if _local_only():
+        return local_position()
     return _call(lambda client: client.current_timestamp())
+
+
+def presence(channel: str) -> int:
+    """How many subscribers ``channel`` has now, on every transport and push server
+    node (PushClient.presence); BadChannel for a bad name, PushServerUnavailable when
+    the push server cannot be reached. 0 with SERVERPUSH_ENABLED = False or while
+    capture_updates() records, without asking it."""
+    if _local_only():
+        check_channel(channel)  # a mistake raises here too, as send_update's do
+        return 0
+    return _call(lambda client: client.presence(channel))
+
+
+def history(
+    channel: str, since: int | None = None, limit: int | None = HISTORY_LIMIT
+) -> tuple[list[dict[str, Any]], int]:
+    """The first ``limit`` updates of ``channel`` after ``since`` (None: all the push
+    server holds), in order, as ``{"ts", "name", "data"}`` dicts (``data`` decoded),
+    and the channel's horizon: ``since`` below it means updates were missed
+    (PushClient.history; ``limit`` None: HISTORY_LIMIT). Errors as for
+    :func:`presence`; BadData for a bad ``since`` or ``limit``. ``([], 0)`` with
+    SERVERPUSH_ENABLED = False or while capture_updates() records, arguments checked."""
+    if _local_only():
+        check_channel(channel)
+        check_history_query(since, HISTORY_LIMIT if limit is None else limit)
+        return [], 0
+    return _call(lambda client: client.history(channel, since, limit))
 
 
 asend_update = sync_to_async(send_update, thread_sensitive=True)

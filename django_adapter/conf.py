@@ -17,6 +17,7 @@ from django.conf import settings as django_settings
 from django.core.signals import setting_changed
 
 DEFAULTS: dict[str, Any] = {
+    "ENABLED": True,  # False in test settings: Django never contacts the push server
     "PORT": 8013,
     "NOTIFIER_PORT": 8014,
     "NOTIFIER_HOST": "127.0.0.1",
@@ -36,6 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "ALLOWED_ORIGINS": [],
     "JS_FROM_PUSH_SERVER": False,
     "WAMP_REALM": "serverpush",
+    "STATS_KEY": None,
 }
 
 

@@ -382,7 +382,14 @@ def _users(groups: list[PageGroup]) -> dict[str, Any]:
 def publications(
     instance: models.Model, groups: list[PageGroup], deleted: bool = False
 ) -> list[tuple[str, Any, str]]:
-    """One (channel, data, name) per matched group, serialized for that group's user.
+    """One (channel, data, name) per matched group, serialized for that group's user."""
+    return [item for item, _user in serialized(instance, groups, deleted)]
+
+
+def serialized(
+    instance: models.Model, groups: list[PageGroup], deleted: bool = False
+) -> list[tuple[tuple[str, Any, str], Any]]:
+    """((channel, data, name), user) per matched group, the data serialized for that user.
 
     A serializer that raises is logged and its group skipped: the other groups
     are still published, and a delete still happens. While deleting (inside the
@@ -402,16 +409,16 @@ def publications(
             continue
         if deleted and isinstance(data, dict):
             data = {**data, "deleted": True}
-        out.append((group.channel, data, group.name))
+        out.append(((group.channel, data, group.name), user))
     return out
 
 
 # Model signals: publish after commit
 
 
-def _publish(items: list[tuple[str, Any, str]]) -> None:
+def _publish(items: list[tuple[tuple[str, Any, str], Any]]) -> None:
     if items:
-        client.deliver([client.encode(*item) for item in items])
+        client.deliver([client.encode(*item) for item, _ in items], [user for _, user in items])
 
 
 _UNWATCHED_APPS = frozenset({"sessions", "contenttypes", "migrations", "admin"})
@@ -431,10 +438,8 @@ def instance_saved(sender: type, instance: models.Model, raw: bool = False, **kw
     outage must not fail the save: it is logged and counted, not raised."""
     if raw or _ignored(sender):
         return
-    transaction.on_commit(
-        lambda: _publish(publications(instance, matching_groups(instance))),
-        kwargs.get("using"),
-        robust=True,
+    client.on_commit(
+        lambda: _publish(serialized(instance, matching_groups(instance))), kwargs.get("using")
     )
 
 
@@ -450,5 +455,5 @@ def instance_deleting(sender: type, instance: models.Model, **kwargs: Any) -> No
 def instance_deleted(sender: type, instance: models.Model, **kwargs: Any) -> None:
     groups = getattr(instance, "_serverpush_groups", None)
     if groups:
-        items = publications(instance, groups, deleted=True)  # while the pk is still set
-        transaction.on_commit(lambda: _publish(items), kwargs.get("using"), robust=True)
+        items = serialized(instance, groups, deleted=True)  # while the pk is still set
+        client.on_commit(lambda: _publish(items), kwargs.get("using"))

@@ -15,6 +15,10 @@ apt_install chromium chromium
 # malloc shim the tests compile.
 apt_install faketime faketime
 apt_install gcc gcc
+# docs/deploy/'s nginx site is checked with nginx -t and run in front of a push server
+# (tests/test_deploy.py; a self-signed certificate from openssl).
+apt_install nginx nginx
+apt_install openssl openssl
 
 ensure_venv
 npm_ci

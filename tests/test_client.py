@@ -6,9 +6,9 @@ import threading
 import pytest
 
 from tests.conftest import free_port
-from twistedpush.client import PushClient, PushServerUnavailable
-from twistedpush.commands import BoxReader, pack_box
-from twistedpush.errors import BadChannel, BadData, Unauthorized
+from twistedpush.client import PIPELINE, PushClient, PushServerUnavailable
+from twistedpush.commands import BoxReader, IntegerList, pack_box
+from twistedpush.errors import BadChannel, BadData, Unauthorized, Unavailable
 
 
 def test_bad_input_is_refused_before_anything_is_sent():
@@ -132,3 +132,107 @@ def test_a_wrong_key_raises_unauthorized_and_drops_the_connection():
     assert client._sock is None
     server.thread.join()
     assert server.commands == [[b"Authenticate"]]
+
+
+class PipelineNotifier:
+    """A notifier on a real socket that reads ``hold`` publishing commands before it
+    answers any (a client that waits for each answer would never send the second),
+    then answers them in order, refusing those whose index is in ``refuse``, and
+    closes after ``close_after`` answers if given."""
+
+    def __init__(self, hold: int, refuse=(), close_after=None) -> None:
+        self.hold, self.refuse, self.close_after = hold, set(refuse), close_after
+        self.batches: list[int] = []  # updates per command received, in order
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self.serve)
+        self.thread.start()
+
+    def serve(self) -> None:
+        connection, _ = self.listener.accept()
+        with self.listener, connection:
+            reader, waiting, answered, next_ts = BoxReader(1 << 22), [], 0, 1000
+            while data := connection.recv(65536):
+                for box in reader.feed(data):
+                    if box[b"_command"] == b"SendUpdates":
+                        size = len(BoxReader(1 << 22).feed(box[b"updates"]))
+                    else:
+                        size = 1
+                    self.batches.append(size)
+                    waiting.append((box[b"_ask"], size))
+                if len(self.batches) < self.hold and len(waiting) < self.hold:
+                    continue
+                for ask, size in waiting:
+                    if answered == self.close_after:
+                        return
+                    index, answered = answered, answered + 1
+                    if index in self.refuse:
+                        error = [(b"_error", ask), (b"_error_code", b"UNAVAILABLE")]
+                        connection.sendall(pack_box([*error, (b"_error_description", b"no")]))
+                        continue
+                    stamps = IntegerList().toString(list(range(next_ts, next_ts + size)))
+                    next_ts += size
+                    connection.sendall(pack_box([(b"_answer", ask), (b"ts", stamps)]))
+                waiting = []
+
+
+def batch_of(count: int) -> list[tuple[str, dict]]:
+    """Updates enough for ``count`` SendUpdates commands of about 64 KiB each."""
+    return [("c", {"pad": "x" * 1000}) for _ in range(60 * count)]
+
+
+def test_batches_go_pipelined_and_every_update_gets_its_position():
+    server = PipelineNotifier(hold=PIPELINE)
+    client = PushClient(port=server.port, timeout=5)
+    stamps = client.send_updates(batch_of(6))
+    client.close()
+    server.thread.join()
+    assert len(server.batches) >= 6 and sum(server.batches) == len(stamps) == 360
+    assert stamps == list(range(1000, 1360))
+
+
+def test_a_refused_batch_stops_the_rest_and_says_which_updates_were_stored():
+    server = PipelineNotifier(hold=PIPELINE, refuse={1})
+    client = PushClient(port=server.port, timeout=5)
+    updates = batch_of(8)
+    with pytest.raises(Unavailable) as raised:
+        client.send_updates(updates)
+    client.close()
+    server.thread.join()
+    # The first answer made room for one more batch; after the refusal, none.
+    assert len(server.batches) == PIPELINE + 1
+    sizes = server.batches
+    stored = raised.value.stored
+    assert len(stored) == len(updates)
+    refused = range(sizes[0], sizes[0] + sizes[1])
+    in_flight = sum(sizes)
+    assert all(stored[i] is None for i in refused)
+    assert all(stored[i] is None for i in range(in_flight, len(updates)))
+    kept = [s for i, s in enumerate(stored[:in_flight]) if i not in refused]
+    assert None not in kept and kept == sorted(kept)
+
+
+def test_a_broken_connection_says_what_was_stored_and_what_is_unknown():
+    server = PipelineNotifier(hold=PIPELINE, close_after=1)
+    client = PushClient(port=server.port, timeout=5)
+    updates = batch_of(8)
+    with pytest.raises(PushServerUnavailable) as raised:
+        client.send_updates(updates)
+    server.thread.join()
+    first = server.batches[0]
+    assert raised.value.stored[:first] == list(range(1000, 1000 + first))
+    assert set(raised.value.stored[first:]) == {None}
+    unknown = raised.value.unknown  # sent, never answered: what the server held, and more
+    assert unknown == list(range(first, first + len(unknown)))
+    assert len(unknown) >= sum(server.batches[1:])
+
+
+def test_pipelined_batches_reach_a_real_server_in_order(push_server):
+    server = push_server()
+    client = PushClient(port=server.notifier_port)
+    stamps = client.send_updates([("c", {"n": i, "pad": "x" * 200}) for i in range(3000)])
+    assert stamps == sorted(set(stamps)) and len(stamps) == 3000
+    updates, _ = client.history("c", since=stamps[-101], limit=1000)
+    assert [u["data"]["n"] for u in updates] == list(range(2900, 3000))

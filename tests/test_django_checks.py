@@ -78,3 +78,25 @@ def test_public_globs_that_open_page_groups_are_refused(settings, glob):
 def test_public_globs_of_other_channels_pass(settings, glob):
     settings.SERVERPUSH_PUBLIC = [glob]
     assert serverpush_messages() == []
+
+
+def deploy_messages():
+    return [
+        m
+        for m in run_checks(tags=["serverpush"], include_deployment_checks=True)
+        if m.id.startswith("django_adapter.")
+    ]
+
+
+def test_deploy_warns_of_serverpush_disabled_without_debug(settings):
+    """SERVERPUSH_ENABLED = False is a test setting: in production no page goes live."""
+    settings.SERVERPUSH_ENABLED, settings.DEBUG = False, False
+    (message,) = deploy_messages()
+    assert message.id == "django_adapter.W005" and "SERVERPUSH_ENABLED" in message.msg
+    assert serverpush_messages() == []  # a --deploy check only: tests run with it
+
+
+@pytest.mark.parametrize(("enabled", "debug"), [(True, False), (False, True), (True, True)])
+def test_deploy_accepts_serverpush_enabled_or_debug(settings, enabled, debug):
+    settings.SERVERPUSH_ENABLED, settings.DEBUG = enabled, debug
+    assert deploy_messages() == []

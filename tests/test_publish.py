@@ -3,6 +3,7 @@ over iosim: the key, single and batch publications, and every refusal."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -213,3 +214,26 @@ def test_answers_have_a_content_length_for_keep_alive_clients():
     answer, _ = post(site, clock, "/publish/room", b"1")
     assert int(answer.headers["content-length"]) == len(answer.body)
     assert "transfer-encoding" not in answer.headers
+
+
+def test_a_form_content_type_is_not_parsed_as_a_form():
+    """twisted.web parses urlencoded and multipart POST bodies into request.args unless
+    told not to: publishing reads JSON only, and a malformed multipart body once got a
+    bare 400 from Twisted instead of the JSON error."""
+    hub, clock, site, recorder = setup()
+    answer, _ = post(
+        site, clock, "/publish/room", b'{"a": 1}', "Content-Type: multipart/form-data; boundary=x"
+    )
+    assert answer.status == 200, answer
+    assert recorder.messages[-1]["data"] == {"a": 1}
+
+
+@pytest.mark.parametrize("access_log", [True, False])
+def test_no_access_log_turns_the_line_per_request_off(access_log):
+    clock = make_clock()
+    site = make_site(make_hub(clock), clock, Admission(), publisher_key=KEY, access_log=access_log)
+    site._logFile = log_file = io.StringIO()  # twistd's log, set when the site starts
+    answer, _ = post(site, clock, "/publish/room", b"1")
+    assert answer.status == 200
+    lines = [line for line in log_file.getvalue().splitlines() if "/publish/room" in line]
+    assert len(lines) == (1 if access_log else 0)

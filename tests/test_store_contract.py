@@ -56,6 +56,7 @@ class StoreUnderTest:
         self.on_delivery: Callable[[Update], None] = lambda update: None
         options.setdefault("sweep_interval", 3600)  # sweeps here are the test's own calls
         if redis is None:
+            options.pop("presence_interval", None)  # nothing to report: nothing shares it
             self.store: Any = MemoryHistory(reactor.reactor, **options)
         else:
             # However slow this machine is today, a sweep ends because it is done, not
@@ -372,3 +373,93 @@ def test_healthy_and_stats(store):
     stats = store.call(store.store.stats)
     assert stats["store"] == store.kind
     json.dumps(stats)  # /health serves it as it is
+
+
+def test_history_gives_the_first_limit_updates_after_since_in_order(store):
+    start = store.now()
+    stamps = store.publish(*(item("a", i, "n" if i % 2 else None) for i in range(5)))
+    store.publish(item(store.neighbour("a", "b"), "another channel"))
+    read = store.call(store.store.history, "a", None, 100)
+    assert [(u.ts, u.name, u.data) for u in read.updates] == [
+        (ts, "n" if i % 2 else None, str(i)) for i, ts in enumerate(stamps)
+    ]
+    assert read.horizon <= start  # nothing of the channel is gone
+    assert [u.ts for u in store.call(store.store.history, "a", stamps[1], 2).updates] == [
+        stamps[2],
+        stamps[3],
+    ]
+    assert list(store.call(store.store.history, "a", stamps[-1], 100).updates) == []
+    assert list(store.call(store.store.history, "a", None, 0).updates) == []
+
+
+def test_history_in_the_same_turn_as_replays_and_publications_keeps_their_order(store):
+    """A history read goes with the replays of its turn (Redis: one script), after
+    what was published before it in the turn and before what comes after it."""
+    since = store.now()
+    replay, first, read, later = store.call(
+        lambda: gatherResults(
+            [
+                store.store.replay("a", since),
+                store.store.publish([item("a", 1)]),
+                store.store.history("a", since, 10),
+                store.store.publish([item("a", 2)]),
+            ]
+        )
+    )
+    assert list(replay.updates) == []
+    assert [u.ts for u in read.updates] == first
+    assert [u.ts for u in store.call(store.store.history, "a", since, 10).updates] == [
+        *first,
+        *later,
+    ]
+
+
+def test_history_past_the_size_bound_starts_after_the_horizon(make_store):
+    store = make_store(size=3)
+    stamps = store.publish(*(item("c", i) for i in range(5)))
+    for since in (None, 0, stamps[0], stamps[1]):  # a replay from these would reset
+        read = store.call(store.store.history, "c", since, 100)
+        assert [u.data for u in read.updates] == ["2", "3", "4"], since
+        assert read.horizon == stamps[1]
+
+
+def test_history_of_a_channel_never_published_is_empty_at_the_stores_horizon(store):
+    read = store.call(store.store.history, "never", None, 100)
+    assert list(read.updates) == [] and read.horizon <= store.now()
+    assert store.replay("never", read.horizon - 1).reset
+    assert not store.replay("never", read.horizon).reset
+
+
+def test_presence_adds_what_other_nodes_sharing_the_store_report(make_store):
+    """Two stores on the same Redis are two nodes: each counts its own subscribers
+    exactly and the other's as last reported; a store that stops leaves the count at
+    once. Memory stores share nothing: each counts its own."""
+    here = make_store(presence_interval=0.05)
+    there = make_store(presence_interval=0.05)
+    here.call(here.store.report, "room", 2)
+    there.call(there.store.report, "room", 3)
+    there.call(there.store.report, "hall", 1)
+    assert here.call(here.store.presence, "room", 2) in (2, 5)
+    if here.kind == "memory":
+        assert here.call(here.store.presence, "room", 2) == 2
+        return
+    here.wait_until(lambda: here.call(here.store.presence, "room", 2) == 5, "there's report")
+    assert here.call(here.store.presence, "hall", 0) == 1
+    assert here.call(here.store.presence, "other", 0) == 0
+    there.call(there.store.report, "room", 0)
+    here.wait_until(lambda: here.call(here.store.presence, "room", 2) == 2, "the drop to 0")
+    there.call(there.store.stop)
+    assert here.call(here.store.presence, "hall", 0) == 0  # gone at once, no lapse waited for
+
+
+def test_presence_of_a_node_that_stops_reporting_lapses(make_store):
+    here = make_store(presence_interval=0.05)
+    there = make_store(presence_interval=0.05)
+    there.call(there.store.report, "room", 4)
+    if here.kind == "memory":
+        assert here.call(here.store.presence, "room", 0) == 0
+        return
+    here.wait_until(lambda: here.call(here.store.presence, "room", 0) == 4, "there's report")
+    for shard in getattr(there.store, "shards", [there.store]):  # as if its process hung
+        there.call(shard._reporter.stop)
+    here.wait_until(lambda: here.call(here.store.presence, "room", 0) == 0, "the lapse", 5)

@@ -224,3 +224,29 @@ def test_connections_share_the_factory_options_and_keep_autobahns_debug_text():
     [debug] = [e for e in events if "attrs" in e]
     settings = [(name, getattr(protocol, name), "PushWebSocketProtocol") for name in options]
     assert formatEvent(debug) == "\n" + pprint.pformat(settings)
+
+
+def test_an_open_connection_keeps_only_what_it_uses_of_the_handshake():
+    """Autobahn keeps the raw request, the response and every header for the life of
+    a connection: about 2 KiB of each idle WebSocket's memory, dropped once open.
+    The cookie and origin stay (presence signals read them)."""
+    clock = make_clock()
+    site = make_site(make_hub(clock, public=("*",)), clock)
+    factory = WebSocketClientFactory(
+        "ws://localhost/ws",
+        reactor=clock,
+        origin="http://page.example",
+        headers={"Cookie": "sessionid=abc", "X-Other": "x" * 500},
+    )
+    factory.protocol = Client
+    client, server, pump = connectedServerAndClient(
+        lambda: site.buildProtocol(None), lambda: factory.buildProtocol(None), clock=clock
+    )
+    pump.flush()
+    ws = pump.serverIO.protocol
+    assert not hasattr(ws, "http_request_data") and not hasattr(ws, "http_response_data")
+    assert ws.http_headers == {"cookie": "sessionid=abc", "origin": "http://page.example"}
+    assert ws.cookie == "sessionid=abc"
+    client.send_json({"type": "subscribe", "channel": "a"})
+    pump.flush()
+    assert client.received[-1]["type"] == "subscribed"

@@ -9,18 +9,22 @@ import json
 import socket
 import struct
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, cast
 
 from twisted.protocols import amp
 
 from twistedpush.access import check_channel, check_name
 from twistedpush.commands import (
     CHUNK,
+    MAX_HISTORY_ANSWER,
     PUBLISH_ERRORS,
     Authenticate,
     BoxReader,
     CurrentTimestamp,
+    History,
+    Presence,
     SendUpdate,
     SendUpdates,
     pack_box,
@@ -28,12 +32,14 @@ from twistedpush.commands import (
     update_box,
 )
 from twistedpush.errors import BadData, PushError, Unauthorized
+from twistedpush.history import HISTORY_LIMIT, check_history_query
 
 ERRORS: dict[bytes, type[Exception]] = {code: error for error, code in PUBLISH_ERRORS.items()}
 
 
-MAX_ANSWER = 1024 * 1024
-"""Answers are small (positions, error texts); anything bigger is not the push server."""
+MAX_ANSWER = MAX_HISTORY_ANSWER + 65536
+"""The largest answer is a History's (its own keys on top); anything bigger is not
+the push server."""
 
 
 _SLACK = 0.01
@@ -41,12 +47,24 @@ _SLACK = 0.01
 _TICK = 1e-6
 """The shortest kernel timeout: a zero timeval would mean none."""
 
+PIPELINE = 4
+"""Batches in flight at once in send_updates: the server stores one while the next
+travels; few enough that their answers (about 26 bytes per update) never fill a
+socket buffer the server would wait on."""
+
 _DONTWAIT = int(socket.MSG_DONTWAIT)
 _PEEK = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
 
 
 class PushServerUnavailable(ConnectionError):
-    """The push server could not be reached, or the connection broke mid-call."""
+    """The push server could not be reached, or the connection broke mid-call.
+
+    From a pipelined ``send_updates``: ``stored`` (each update's ``ts``, None if
+    not stored or not known) and ``unknown`` (indexes sent but never answered).
+    """
+
+    stored: list[int | None] | None = None
+    unknown: list[int] | None = None
 
 
 class RemoteError(PushError):
@@ -110,6 +128,7 @@ class PushClient:
         self.key = key
         self._sock: socket.socket | None = None
         self._reader = BoxReader(MAX_ANSWER)
+        self._boxes: deque[dict[bytes, bytes]] = deque()
         self._tag = 0
         self._armed: dict[int, float] = {}
 
@@ -126,25 +145,103 @@ class PushClient:
         return self.send_encoded([encode_update(*u) for u in updates])
 
     def send_encoded(self, boxes: list[bytes]) -> list[int]:
-        """Publish updates made by :func:`encode_update`, in order; return their ``ts``."""
-        stamps: list[int] = []
-        for batch in _batches(boxes):
-            if len(batch) == 1:
-                stamps.append(self._call(SendUpdate, batch[0])["ts"])
-            else:
-                arguments = pack_box([(b"updates", b"".join(batch))])
-                stamps.extend(self._call(SendUpdates, arguments)["ts"])
-        return stamps
+        """Publish updates made by :func:`encode_update`, in order; return their ``ts``.
+
+        More than one batch goes pipelined, up to PIPELINE commands in flight: the
+        server stores one while the next travels. Each batch is stored all or
+        nothing, in order. After a refusal no further batch is sent, and the error
+        raised (its usual class) has ``stored``: for every update, its ``ts`` if it
+        was stored (a batch already in flight may have been), else None. If the
+        connection breaks, :class:`PushServerUnavailable` has ``stored`` too, and
+        ``unknown``: the indexes of updates sent whose answer never came.
+        """
+        batches = list(_batches(boxes))
+        if len(batches) == 1:
+            command, arguments = _publication(batches[0])
+            answer = self._call(command, arguments)["ts"]
+            return [answer] if command is SendUpdate else answer
+        return self._pipelined(batches, len(boxes))
+
+    def _pipelined(self, batches: list[list[bytes]], count: int) -> list[int]:
+        stamps: list[int | None] = [None] * count
+        in_flight: deque[tuple[type[amp.Command], bytes, int, int]] = deque()
+        refusal: PushError | None = None
+        start = 0
+        try:
+            self._connect(time.monotonic() + self.timeout)
+            for batch in batches:
+                if len(in_flight) == PIPELINE:
+                    refusal = self._settle(in_flight, stamps)
+                    if refusal is not None:
+                        break
+                command, arguments = _publication(batch)
+                tag = self._request(command, arguments, time.monotonic() + self.timeout)
+                in_flight.append((command, tag, start, len(batch)))
+                start += len(batch)
+            while in_flight:
+                refusal = self._settle(in_flight, stamps) or refusal
+        except PushServerUnavailable as e:
+            e.stored = stamps
+            e.unknown = [i for _, _, first, n in in_flight for i in range(first, first + n)]
+            raise
+        if refusal is not None:
+            refusal.stored = stamps
+            raise refusal
+        return cast(list[int], stamps)
+
+    def _settle(
+        self,
+        in_flight: deque[tuple[type[amp.Command], bytes, int, int]],
+        stamps: list[int | None],
+    ) -> PushError | None:
+        """Read the oldest batch's answer into ``stamps``; its refusal, if it was."""
+        command, tag, first, n = in_flight[0]
+        try:
+            answer = self._answer(command, tag, time.monotonic() + self.timeout)
+        except PushError as e:
+            in_flight.popleft()
+            return self._explained(e)
+        in_flight.popleft()
+        ts = answer["ts"]
+        stamps[first : first + n] = [ts] if command is SendUpdate else ts
+        return None
 
     def current_timestamp(self) -> int:
         """The push server's current position: the ``since`` for a page rendered now."""
         return self._call(CurrentTimestamp, pack_box(()))["ts"]
+
+    def presence(self, channel: str) -> int:
+        """How many subscribers ``channel`` has now (every transport; with Redis, every
+        node, the others' counts at most a few seconds old)."""
+        arguments = pack_box([(b"channel", check_channel(channel).encode())])
+        return self._call(Presence, arguments)["count"]
+
+    def history(
+        self, channel: str, since: int | None = None, limit: int | None = HISTORY_LIMIT
+    ) -> tuple[list[dict[str, Any]], int]:
+        """The first ``limit`` updates of ``channel`` after ``since`` (None: all the
+        server holds), in order, each ``{"ts", "name", "data"}`` with ``data``
+        decoded, and the channel's horizon: when ``since`` is below it, updates
+        after ``since`` were dropped from history before this read. ``limit``
+        None: HISTORY_LIMIT, as the AMP argument left out means."""
+        limit = HISTORY_LIMIT if limit is None else limit
+        since, limit = check_history_query(since, limit)
+        pairs = [(b"channel", check_channel(channel).encode()), (b"limit", b"%d" % limit)]
+        if since is not None:
+            pairs.append((b"since", b"%d" % since))
+        answer = self._call(History, pack_box(pairs), boxed=True)
+        updates = [
+            {"ts": u["ts"], "name": u["name"], "data": json.loads(u["data"])}
+            for u in answer["updates"]
+        ]
+        return updates, answer["horizon"]
 
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
         self._sock = None
         self._reader = BoxReader(MAX_ANSWER)
+        self._boxes = deque()
 
     def __enter__(self) -> PushClient:
         return self
@@ -194,28 +291,47 @@ class PushClient:
                 f"push server notifier at {self.host}:{self.port} refused the publisher key"
             ) from None
 
-    def _call(self, command: type[amp.Command], arguments: bytes) -> dict[str, Any]:
-        """Send ``command`` with its ``arguments`` box (from :func:`pack_box`); its answer."""
+    def _call(
+        self, command: type[amp.Command], arguments: bytes, boxed: bool = False
+    ) -> dict[str, Any]:
+        """Send ``command`` with its ``arguments`` box (from :func:`pack_box`); its
+        answer, read by AMP's own reader when ``boxed`` (a value over several keys)."""
         deadline = time.monotonic() + self.timeout
         self._connect(deadline)
         try:
-            return self._ask(command, arguments, deadline)
+            return self._ask(command, arguments, deadline, boxed)
         except Unauthorized as e:
-            if self.key is not None:
-                raise
-            raise Unauthorized(
-                f"push server notifier at {self.host}:{self.port} needs a publisher key "
-                f"(PushClient(key=...), SERVERPUSH_PUBLISHER_KEY): {e.message}"
-            ) from None
+            raise self._explained(e) from None
 
-    def _ask(self, command: type[amp.Command], arguments: bytes, deadline: float) -> dict[str, Any]:
+    def _explained(self, error: PushError) -> PushError:
+        """A refusal for want of a key says where the key goes."""
+        if not isinstance(error, Unauthorized) or self.key is not None:
+            return error
+        return Unauthorized(
+            f"push server notifier at {self.host}:{self.port} needs a publisher key "
+            f"(PushClient(key=...), SERVERPUSH_PUBLISHER_KEY): {error.message}"
+        )
+
+    def _ask(
+        self, command: type[amp.Command], arguments: bytes, deadline: float, boxed: bool = False
+    ) -> dict[str, Any]:
         """One exchange on the open connection."""
+        tag = self._request(command, arguments, deadline)
+        return self._answer(command, tag, deadline, boxed)
+
+    def _request(self, command: type[amp.Command], arguments: bytes, deadline: float) -> bytes:
+        """Send ``command``; the tag its answer will carry."""
         self._tag += 1
         tag = b"%x" % self._tag
         head = pack_pairs([(b"_command", command.commandName), (b"_ask", tag)])
+        self._guarded(self._send_all, head + arguments, deadline)
+        return tag
+
+    def _guarded(self, io: Callable[[Any, float], Any], argument: Any, deadline: float) -> Any:
+        """``io(argument, deadline)``, a failure of the connection closing it and
+        raised as PushServerUnavailable."""
         try:
-            self._send_all(head + arguments, deadline)
-            answer = self._read_box(deadline)
+            return io(argument, deadline)
         except BlockingIOError:
             self.close()
             raise PushServerUnavailable(
@@ -224,8 +340,16 @@ class PushClient:
         except (OSError, EOFError) as e:
             self.close()
             raise PushServerUnavailable(f"push server connection broke: {e}") from None
+
+    def _answer(
+        self, command: type[amp.Command], tag: bytes, deadline: float, boxed: bool = False
+    ) -> dict[str, Any]:
+        """The answer to the request tagged ``tag`` (answers come in order)."""
+        answer = self._guarded(lambda _, deadline: self._read_box(deadline), None, deadline)
         if answer.get(b"_answer") == tag:
             try:
+                if boxed:
+                    return command.parseResponse(answer, None)
                 return {
                     key.decode(): value.fromString(answer[key]) for key, value in command.response
                 }
@@ -247,17 +371,17 @@ class PushClient:
             view = view[self._sock.send(view) :]
 
     def _read_box(self, deadline: float) -> dict[bytes, bytes]:
+        """The next answer box: one read may hold several (pipelined batches)."""
         assert self._sock is not None
-        while True:
+        while not self._boxes:
             self._arm(socket.SO_RCVTIMEO, deadline)
             data = _receive(self._sock, self.spin)
             if not data:
                 raise EOFError("connection closed by the push server")
-            boxes = self._reader.feed(data)
-            if self._reader.error is not None or len(boxes) > 1:
-                raise EOFError(f"unreadable answer: {self._reader.error or 'more than one box'}")
-            if boxes:
-                return boxes[0]
+            self._boxes.extend(self._reader.feed(data))
+            if self._reader.error is not None:
+                raise EOFError(f"unreadable answer: {self._reader.error}")
+        return self._boxes.popleft()
 
 
 def _receive(sock: socket.socket, spin: float) -> bytes:
@@ -285,6 +409,13 @@ def _closed_by_peer(sock: socket.socket) -> bool:
         return False
     except OSError:
         return True
+
+
+def _publication(batch: list[bytes]) -> tuple[type[amp.Command], bytes]:
+    """The command that publishes ``batch`` (one update alone: SendUpdate)."""
+    if len(batch) == 1:
+        return SendUpdate, batch[0]
+    return SendUpdates, pack_box([(b"updates", b"".join(batch))])
 
 
 def _batches(boxes: list[bytes]) -> Iterable[list[bytes]]:

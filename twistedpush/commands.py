@@ -320,3 +320,67 @@ class Authenticate(amp.Command):
     commandName = b"Authenticate"
     arguments = [(b"key", amp.Unicode())]
     errors = {Unauthorized: b"UNAUTHORIZED"}
+
+
+class HistoryUpdates(amp.Argument):
+    """Updates as an AmpList of boxes (``ts``, ``name`` if any, ``data``), each box's
+    ``data`` chunked as in ``SendUpdate`` and the list's own value chunked the same
+    way (``updates``, ``updates.2``, ...): AMP's AmpList, byte for byte, whenever
+    everything fits its 64 KiB values; a history may hold more than that."""
+
+    def toBox(self, name: bytes, strings: dict, objects: dict, proto: Any) -> None:
+        boxes = []
+        for update in objects[amp._wireNameToPythonIdentifier(name)]:
+            pairs = [(b"ts", b"%d" % update["ts"])]
+            if update["name"] is not None:
+                pairs.append((b"name", update["name"].encode()))
+            pairs += _chunk_pairs(b"data", update["data"])
+            boxes.append(pack_box(pairs))
+        strings.update(_chunk_pairs(name, b"".join(boxes)))
+
+    def fromBox(self, name: bytes, strings: dict, objects: dict, proto: Any) -> None:
+        value = _join_chunks(strings, name, strings.get(name))
+        if value is None:
+            raise KeyError(name)
+        updates = []
+        for box in parse_boxes(value):
+            updated = box.get(b"name")
+            updates.append(
+                {
+                    "ts": int(box[b"ts"]),
+                    "name": None if updated is None else updated.decode("utf-8", "replace"),
+                    "data": _join_chunks(box, b"data", box[b"data"]),
+                }
+            )
+        objects[amp._wireNameToPythonIdentifier(name)] = updates
+
+
+MAX_HISTORY_ANSWER = 8 * 1024 * 1024
+"""The largest ``History`` answer (``updates`` on the wire): a longer one is refused
+with TOO_LARGE, so that the caller asks for fewer rather than for an answer of up to
+``limit`` MiB."""
+
+
+class Presence(_PublishCommand):
+    """How many subscribers ``channel`` has now, on every transport and (with Redis)
+    on every node; what the other nodes last reported is at most a few seconds old."""
+
+    commandName = b"Presence"
+    arguments = [(b"channel", Text())]
+    response = [(b"count", amp.Integer())]
+    errors = PUBLISH_ERRORS
+
+
+class History(_PublishCommand):
+    """The first ``limit`` (default 100) updates of ``channel`` held after ``since``
+    (omitted: all held), in order, and the channel's horizon: a ``since`` below it
+    has missed updates that are no longer held."""
+
+    commandName = b"History"
+    arguments = [
+        (b"channel", Text()),
+        (b"since", amp.Integer(optional=True)),
+        (b"limit", amp.Integer(optional=True)),
+    ]
+    response = [(b"updates", HistoryUpdates()), (b"horizon", amp.Integer())]
+    errors = PUBLISH_ERRORS

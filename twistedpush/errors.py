@@ -5,6 +5,8 @@ class PushError(Exception):
     """A request that the server refuses; ``code`` is the contract's error code."""
 
     code = "bad_request"
+    stored: list[int | None] | None = None
+    """From a publisher's pipelined batches: each update's ``ts`` if it was stored."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

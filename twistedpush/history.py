@@ -11,12 +11,15 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import NamedTuple
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from zope.interface import Interface, implementer
+
+from twistedpush.errors import BadData
 
 
 class Update(NamedTuple):
@@ -62,6 +65,31 @@ Publication = tuple[str, "str | None", str]
 """(channel, name, data) as accepted from a publisher, already validated."""
 
 
+class History(NamedTuple):
+    """A channel's updates as a publisher reads them back (AMP ``History``)."""
+
+    updates: Sequence[Update]
+    """The first updates held after the ``since`` asked for, in order."""
+    horizon: int
+    """The newest position no longer held: a ``since`` below it has missed updates."""
+
+
+HISTORY_LIMIT = 100
+"""Updates a history read gives when it names no limit."""
+
+MAX_HISTORY_LIMIT = 1_000_000
+"""The largest limit taken: far past any history size, so a bigger one is a mistake."""
+
+
+def check_history_query(since: object, limit: object) -> tuple[int | None, int]:
+    """``since`` (None or a position) and ``limit`` as given, else BadData saying why."""
+    if since is not None and (isinstance(since, bool) or not isinstance(since, int) or since < 0):
+        raise BadData(f"since must be omitted or a non-negative integer, got {since!r}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_HISTORY_LIMIT:
+        raise BadData(f"limit must be an integer from 0 to {MAX_HISTORY_LIMIT}, got {limit!r}")
+    return since, limit
+
+
 class IHistoryStore(Interface):
     """Keeps each channel's recent updates and tells the hub of new ones."""
 
@@ -86,6 +114,19 @@ class IHistoryStore(Interface):
 
     def now() -> Deferred:
         """Fire with a position: every update at or before it has been stored."""
+
+    def history(channel: str, since: int | None, limit: int) -> Deferred:
+        """Fire with a :class:`History`: the first ``limit`` updates of ``channel``
+        held after ``since`` (``None``: all held), in order, and the channel's horizon.
+        (A channel holds at most the store's size: a larger limit gives them all.)"""
+
+    def report(channel: str, subscribers: int) -> None:
+        """This node has ``subscribers`` of ``channel`` now (0: none left); a store
+        that nodes share tells the others, for :meth:`presence`."""
+
+    def presence(channel: str, local: int) -> Deferred:
+        """Fire with the subscribers of ``channel`` on every node that shares this store:
+        ``local`` (this node's, exact) and what the other live nodes last reported."""
 
     def watch(channel: str) -> None:
         """The hub has local subscribers of ``channel``: deliver its updates."""
@@ -225,6 +266,22 @@ class MemoryHistory:
 
     def now(self) -> Deferred:
         return succeed(self.positions.now())
+
+    def history(self, channel: str, since: int | None, limit: int) -> Deferred:
+        history = self._channels.get(channel)
+        if history is None:
+            return succeed(History((), self._forgotten_horizon))
+        self._trim(history, self._cutoff(), self.size)
+        entries: Sequence[Update] = history.entries
+        if since is not None:
+            entries = [u for u in entries if u.ts > since]
+        return succeed(History(list(islice(entries, limit)), history.horizon))
+
+    def report(self, channel: str, subscribers: int) -> None:
+        """No other node shares this store: nothing to tell."""
+
+    def presence(self, channel: str, local: int) -> Deferred:
+        return succeed(local)
 
     def watch(self, channel: str) -> None:
         self._watched.add(channel)

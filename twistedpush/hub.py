@@ -6,6 +6,7 @@ on :class:`Hub` and implement :class:`Subscriber` to be told what to send.
 
 from __future__ import annotations
 
+import heapq
 import json
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -16,7 +17,14 @@ from twisted.python.failure import Failure
 
 from twistedpush.access import AccessPolicy, check_channel, check_name
 from twistedpush.errors import BadData, BadRequest, Limit, PushError, TooLarge
-from twistedpush.history import IHistoryStore, Publication, Replay, Update
+from twistedpush.history import (
+    HISTORY_LIMIT,
+    IHistoryStore,
+    Publication,
+    Replay,
+    Update,
+    check_history_query,
+)
 
 MAX_DATA = 1024 * 1024
 
@@ -188,6 +196,27 @@ class Hub:
     def now(self) -> Deferred:
         return self.store.now()
 
+    # Queries (AMP Presence and History)
+
+    def subscribers(self, channel: str) -> int:
+        """This node's subscribers of ``channel``, on every transport, those still
+        catching up included (a long-poll client counts while its request is held)."""
+        state = self._channels.get(channel)
+        return 0 if state is None else len(state.live) + len(state.pending)
+
+    def presence_count(self, channel: object) -> Deferred:
+        """Fire with the subscribers of ``channel`` on every node sharing the store."""
+        name = check_channel(channel)
+        return self.store.presence(name, self.subscribers(name))
+
+    def history(
+        self, channel: object, since: object = None, limit: object = HISTORY_LIMIT
+    ) -> Deferred:
+        """Fire with the channel's :class:`~twistedpush.history.History` after ``since``."""
+        name = check_channel(channel)
+        checked_since, checked_limit = check_history_query(since, limit)
+        return self.store.history(name, checked_since, checked_limit)
+
     def deliver(self, update: Update) -> None:
         """Fan ``update`` out to this node's subscribers of its channel.
 
@@ -239,6 +268,7 @@ class Hub:
             self.store.watch(name)
         buffered: list[Update] = []
         state.pending[subscriber] = buffered
+        self.store.report(name, len(state.live) + len(state.pending))
         if self.presence and subscriber.lasting:
             for listener in self.presence:
                 listener.joined(subscriber, name)
@@ -378,6 +408,13 @@ class Hub:
         if not state.live and not state.pending:
             del self._channels[name]
             self.store.unwatch(name)
+        self.store.report(name, len(state.live) + len(state.pending))
+
+    def busiest(self, count: int) -> list[tuple[str, int]]:
+        """The ``count`` channels with the most local subscribers (those still
+        catching up included), most first, ties by name: for the operator's /stats."""
+        sizes = ((name, len(c.live) + len(c.pending)) for name, c in self._channels.items())
+        return heapq.nsmallest(count, sizes, key=lambda item: (-item[1], item[0]))
 
     def stats(self) -> dict:
         return {

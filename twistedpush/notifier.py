@@ -13,13 +13,20 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from twistedpush.commands import (
+    CHUNK,
+    MAX_HISTORY_ANSWER,
     Authenticate,
     BoxReader,
     CurrentTimestamp,
+    History,
+    Presence,
     SendUpdate,
     SendUpdates,
     pack_box,
 )
+from twistedpush.errors import TooLarge
+from twistedpush.history import HISTORY_LIMIT
+from twistedpush.history import History as HistoryRead
 from twistedpush.hub import MAX_DATA, Hub
 from twistedpush.writes import write_now
 
@@ -40,6 +47,23 @@ def _one_ts(stamps: list[int]) -> dict[str, Any]:
 
 def _as_ts(ts: Any) -> dict[str, Any]:
     return {"ts": ts}
+
+
+def _history_answer(history: HistoryRead) -> dict[str, Any]:
+    """The History answer, refused (TOO_LARGE) past MAX_HISTORY_ANSWER bytes on the
+    wire, counted generously: each update's keys and its data's chunk keys included."""
+    updates = []
+    size = 0
+    for update in history.updates:
+        data = update.data.encode()
+        size += len(data) + len(update.name or "") + 64 + 16 * (len(data) // CHUNK)
+        updates.append({"ts": update.ts, "name": update.name, "data": data})
+    if size > MAX_HISTORY_ANSWER:
+        raise TooLarge(
+            f"the {len(updates)} updates asked for take about {size} bytes, over the "
+            f"{MAX_HISTORY_ANSWER} a History answer may: ask for fewer (limit)"
+        )
+    return {"updates": updates, "horizon": history.horizon}
 
 
 class NotifierProtocol(amp.AMP):
@@ -188,6 +212,18 @@ class NotifierProtocol(amp.AMP):
 
     def send_update(self, channel: str, data: bytes, name: str | None = None) -> Deferred:
         return self.hub.publish([(channel, name, data)])
+
+    # Queries: off the publishing path, answered by AMP's own dispatch (after
+    # Authenticate, like every other command, when a publisher key is set).
+
+    @Presence.responder
+    def presence(self, channel: str) -> Deferred:
+        return self.hub.presence_count(channel).addCallback(lambda count: {"count": count})
+
+    @History.responder
+    def history(self, channel: str, since: int | None = None, limit: int | None = None) -> Deferred:
+        read = self.hub.history(channel, since, HISTORY_LIMIT if limit is None else limit)
+        return read.addCallback(_history_answer)
 
     def send_updates(self, updates: list[dict]) -> Deferred:
         return self.hub.publish([(u["channel"], u["name"], u["data"]) for u in updates])

@@ -6,8 +6,10 @@ update out to other nodes happen atomically and in ``ts`` order.
 
 Keys: ``{twistedpush:<db>}:clock`` (last position), ``:start`` (when this history
 began), ``:forgotten`` (horizon of expired channels), ``:active`` (channels by
-last ``ts``), ``:h:<channel>`` (sorted set of updates, scored by ``ts``) and
-``:z:<channel>`` (its horizon); pub/sub channel ``twistedpush:<db>:u:<channel>``.
+last ``ts``), ``:h:<channel>`` (sorted set of updates, scored by ``ts``),
+``:z:<channel>`` (its horizon), ``:nodes`` (live nodes, scored by the moment their
+reports stop counting) and ``:p:<channel>`` (hash: node, its subscribers of the
+channel); pub/sub channel ``twistedpush:<db>:u:<channel>``.
 Every key a script touches is passed in ``KEYS``, and all of them share the one
 hash tag ``{twistedpush:<db>}``: positions must increase across every channel of
 a store, so every publication reads and writes the store's clock together with
@@ -27,6 +29,7 @@ snapshot); a replay of a channel whose snapshot is on its way waits for the next
 from __future__ import annotations
 
 import hashlib
+import secrets
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -43,7 +46,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twistedpush.errors import Unavailable
-from twistedpush.history import IHistoryStore, Publication, Replay, Update
+from twistedpush.history import History, IHistoryStore, Publication, Replay, Update
 from twistedpush.writes import write_now
 
 log = Logger()
@@ -207,6 +210,53 @@ return #ARGV - 3
 )
 
 
+# Presence. KEYS[1]: nodes; KEYS[2..]: the channels' presence hashes. ARGV[1]: the
+# node, ARGV[2]: how long its reports count (µs), ARGV[3]: how long a hash is kept
+# unless written again (ms), ARGV[4]: '1' when the node reports every channel it
+# has, ARGV[5..]: the channels' counts. Dead nodes are forgotten first. A node that
+# is not live (its entry lapsed, or Redis lost it) may have left counts that are no
+# longer true: answers 0 and writes nothing, unless this report is a whole one.
+_REPORT_SOURCE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
+if ARGV[4] ~= '1' and not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], string.format('%.0f', now + tonumber(ARGV[2])), ARGV[1])
+for i = 2, #KEYS do
+  local count = ARGV[3 + i]
+  if count ~= '0' then
+    redis.call('HSET', KEYS[i], ARGV[1], count)
+    redis.call('PEXPIRE', KEYS[i], ARGV[3])
+  else
+    redis.call('HDEL', KEYS[i], ARGV[1])
+  end
+end
+return 1
+"""
+
+# KEYS[1]: nodes, KEYS[2]: the channel's presence hash; ARGV[1]: the asking node,
+# whose own count the caller adds (exact, where the hash's is up to a report old).
+# Counts of nodes that are not live are dropped as they are met.
+_PRESENCE_SOURCE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local fields = redis.call('HGETALL', KEYS[2])
+local total = 0
+for i = 1, #fields, 2 do
+  local node = fields[i]
+  if node ~= ARGV[1] then
+    local live = redis.call('ZSCORE', KEYS[1], node)
+    if live and tonumber(live) > now then
+      total = total + tonumber(fields[i + 1])
+    else
+      redis.call('HDEL', KEYS[2], node)
+    end
+  end
+end
+return total
+"""
+
+
 class Script:
     """A Lua script called by its SHA; its source goes to Redis only when Redis does not
     have it (``NOSCRIPT``): ``EVAL`` runs it and loads it for every later ``EVALSHA``."""
@@ -230,13 +280,26 @@ _PUBLISH = Script(_PUBLISH_SOURCE)
 _READ = Script(_READ_SOURCE)
 _EXPIRED = Script(_EXPIRED_SOURCE)
 _SWEEP = Script(_SWEEP_SOURCE)
-_SCRIPTS = (_PUBLISH, _READ, _EXPIRED, _SWEEP)
+_REPORT = Script(_REPORT_SOURCE)
+_PRESENCE = Script(_PRESENCE_SOURCE)
+_SCRIPTS = (_PUBLISH, _READ, _EXPIRED, _SWEEP, _REPORT, _PRESENCE)
 
 _SWEEP_BATCH = 1000
 """Channels one sweep script forgets at most: Redis serves no other client while it runs."""
 
 _MERGE_LIMIT = 1000
 """Updates merged into one publishing script at most (Redis serves no one else meanwhile)."""
+
+_REPORT_LIMIT = 1000
+"""Channels one presence report writes at most (more go in several scripts)."""
+
+PRESENCE_LIFE = 3
+"""Report intervals during which a node's counts count without a new report: a node
+that stopped is out of every count within that, one that is slow is not."""
+
+PRESENCE_REFRESH = 20
+"""Reports between two that rewrite every count of the node (in between, only those
+that changed): each rewrite keeps the node's hashes from expiring."""
 
 
 def _parse_entry(channel: str, entry: str) -> Update:
@@ -444,6 +507,8 @@ class _ListenerFactory(txredisapi.SubscriberFactory):
 
 _PUBLISH_OP = 0
 _READ_OP = 1
+_HISTORY_OP = 2
+"""Read with the replays (one script, one snapshot per channel), answered as a History."""
 
 
 @implementer(IHistoryStore)
@@ -457,6 +522,12 @@ class RedisHistory:
 
     ``prepare``, when set (shards set it), runs each time the command connection is
     (re)established, before the store takes requests: a shard raises its clock there.
+
+    Presence: every ``presence_interval`` seconds the node writes the subscriber
+    counts that changed since its last report (every count, each
+    PRESENCE_REFRESH-th time) and renews its entry in ``:nodes``; a node's counts
+    count for PRESENCE_LIFE intervals after its last report, so another node's
+    change shows within one interval and a node that died drops out within three.
     """
 
     def __init__(
@@ -471,6 +542,7 @@ class RedisHistory:
         sweep_interval: float = 60,
         timeout: float = 5,
         sweep_budget: float = 1,
+        presence_interval: float = 1,
     ) -> None:
         self._reactor = self.reactor = reactor
         self.address = f"{host}:{port}/{dbid}"
@@ -501,6 +573,24 @@ class RedisHistory:
         self._flush_call: IDelayedCall | None = None
         self.pubsub_losses = 0
         """Times the pub/sub connection was lost (each return resyncs every watched channel)."""
+        self.node = secrets.token_hex(8)
+        """This node's name in presence reports: new in each process."""
+        self._nodes_key, self._presence_key = tag + "nodes", tag + "p:"
+        life = presence_interval * PRESENCE_LIFE
+        keep = max(60.0, 3 * presence_interval * PRESENCE_REFRESH)
+        self._report_limits = [str(int(life * 1_000_000)), str(int(keep * 1000))]
+        self._counts: dict[str, int] = {}
+        """This node's subscribers per channel, as the hub reports them."""
+        self._changed: set[str] = set()
+        """Channels whose count changed since the last report that went through."""
+        self._reported: set[str] = set()
+        """Channels whose hash holds a count of this node."""
+        self._report_all = True
+        self._reports = 0
+        self._reporting = False
+        self._reporter = LoopingCall(self._report)
+        self._reporter.clock = reactor
+        self._presence_interval = presence_interval
 
     # Lifecycle
 
@@ -518,6 +608,7 @@ class RedisHistory:
             factory.initialDelay, factory.maxDelay = 0.2, 2  # be back soon after Redis is
             factory.startConnecting(self._endpoint())
         self._sweeper.start(self._sweep_interval, now=False)
+        self._reporter.start(self._presence_interval, now=False)
         return succeed(None)
 
     def _endpoint(self) -> endpoints.TCP4ClientEndpoint:
@@ -525,8 +616,16 @@ class RedisHistory:
         return endpoints.TCP4ClientEndpoint(reactor, self._host, self._port, self._timeout)
 
     def stop(self) -> Deferred:
+        """Stop; this node's counts leave every presence count at once (no wait for
+        them to lapse), as the removal is written before the connection closes."""
         if self._sweeper.running:
             self._sweeper.stop()
+        if self._reporter.running:
+            self._reporter.stop()
+        if self._open and self._connection is not None:
+            self._command(self._connection, "ZREM", self._nodes_key, self.node).addErrback(
+                lambda failure: None
+            )
         return DeferredList([f.disconnect() for f in self._factories], consumeErrors=True)
 
     # The command connection
@@ -555,6 +654,7 @@ class RedisHistory:
         if self._connection is connection:
             log.info("Redis {address}: connected", address=self.address)
             self._open = True
+            self._report_all = True  # the next report: every count, whatever Redis holds
 
     def _not_prepared(self, failure: Any, connection: _Commands) -> None:
         log.info(
@@ -637,8 +737,8 @@ class RedisHistory:
                     count += len(ops[end][1])
                     end += 1
                 self._send_publish(connection, ops[first:end])
-            else:
-                while end < len(ops) and ops[end][0] == kind:
+            else:  # replays, positions and history reads: one read
+                while end < len(ops) and ops[end][0] != _PUBLISH_OP:
                     end += 1
                 self._send_read(connection, ops[first:end])
             first = end
@@ -713,8 +813,11 @@ class RedisHistory:
             updates = [_parse_entry(channel, entry) for entry in result[2 + 2 * index]]
             stamps = [update.ts for update in updates]
             snapshots[channel] = (int(result[1 + 2 * index]), updates, stamps)
-        for _, channel, since, _, d in ops:
-            if channel is None:
+        for kind, channel, since, _, d in ops:
+            if kind == _HISTORY_OP:
+                horizon, updates, stamps = snapshots[channel]
+                d.callback(History(updates[bisect_right(stamps, since) :], horizon))
+            elif channel is None:
                 d.callback(now)
             elif since is None:
                 d.callback(Replay((), False, now))
@@ -771,6 +874,75 @@ class RedisHistory:
 
     def now(self) -> Deferred:
         return self._ask((_READ_OP, None, None, 0, Deferred()))
+
+    def history(self, channel: str, since: int | None, limit: int) -> Deferred:
+        """Read with the turn's replays; the snapshot holds at most ``size`` updates."""
+        d = self._ask((_HISTORY_OP, channel, since or 0, 0, Deferred()))
+        return d.addCallback(lambda history: History(history.updates[:limit], history.horizon))
+
+    # Presence
+
+    def report(self, channel: str, subscribers: int) -> None:
+        if subscribers:
+            self._counts[channel] = subscribers
+        else:
+            self._counts.pop(channel, None)
+        self._changed.add(channel)
+
+    def _report(self) -> None:
+        """Write the counts that changed (or all of them) and renew this node's entry;
+        what fails is written with the next report."""
+        if not self._open or self._reporting or self._connection is None:
+            return
+        self._reports += 1
+        whole = self._report_all or self._reports % PRESENCE_REFRESH == 0
+        channels = list(self._counts.keys() | self._reported if whole else self._changed)
+        self._changed, self._report_all, self._reporting = set(), False, True
+        counts = [self._counts.get(channel, 0) for channel in channels]
+        nodes, prefix = self._nodes_key, self._presence_key
+        args = [self.node, *self._report_limits, "1" if whole else "0"]
+        sent = [
+            self._run(
+                self._connection,
+                _REPORT,
+                [nodes, *(prefix + channel for channel in channels[at : at + _REPORT_LIMIT])],
+                [*args, *counts[at : at + _REPORT_LIMIT]],
+            )
+            for at in range(0, max(len(channels), 1), _REPORT_LIMIT)
+        ]
+        gatherResults(sent, consumeErrors=True).addCallbacks(
+            self._reported_all,
+            self._report_failed,
+            callbackArgs=(channels, counts),
+            errbackArgs=(channels,),
+        )
+
+    def _reported_all(self, answers: list[Any], channels: list[str], counts: list[int]) -> None:
+        self._reporting = False
+        if not all(int(answer) for answer in answers):
+            # Not live (it was away too long, or Redis lost its data): report every count now.
+            self._report_all = True
+            self._reactor.callLater(0, self._report)
+            return
+        for channel, count in zip(channels, counts, strict=True):
+            if count:
+                self._reported.add(channel)
+            else:
+                self._reported.discard(channel)
+
+    def _report_failed(self, failure: Failure, channels: list[str]) -> None:
+        self._reporting = False
+        self._changed.update(channels)
+        log.info("Redis {address}: presence report failed: {error}", address=self.address,
+                 error=failure.getErrorMessage())  # fmt: skip
+
+    def presence(self, channel: str, local: int) -> Deferred:
+        connection = self._connection
+        if not self._open or connection is None:
+            return fail(Unavailable(f"Redis {self.address} is not connected"))
+        keys = [self._nodes_key, self._presence_key + channel]
+        d = self._run(connection, _PRESENCE, keys, [self.node])
+        return d.addCallbacks(lambda others: local + int(others), self._unavailable_failure)
 
     def raise_to(self, floor: int) -> Deferred:
         """Raise this store's clock to at least ``floor``; fire with its position then.

@@ -183,6 +183,16 @@ class ShardedHistory:
             return failure.value.subFailure
         return failure
 
+    def history(self, channel: str, since: int | None, limit: int) -> Deferred:
+        return self._shard(channel).history(channel, since, limit)
+
+    def report(self, channel: str, subscribers: int) -> None:
+        self._shard(channel).report(channel, subscribers)
+
+    def presence(self, channel: str, local: int) -> Deferred:
+        """From the channel's shard, where every node reports its count of it."""
+        return self._shard(channel).presence(channel, local)
+
     def watch(self, channel: str) -> None:
         self._shard(channel).watch(channel)
 

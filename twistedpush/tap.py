@@ -17,8 +17,9 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
+from twisted.python.components import Componentized
 from twisted.web.resource import Resource
 
 import twistedpush
@@ -26,7 +27,9 @@ from twistedpush.access import AccessPolicy
 from twistedpush.history import IHistoryStore, MemoryHistory
 from twistedpush.hub import Hub
 from twistedpush.limits import Admission, Limits
+from twistedpush.logs import LOG_FORMATS, JSONLineObserver, TextOut, twistd_log_file
 from twistedpush.notifier import NotifierFactory
+from twistedpush.stats import MIN_KEY_LENGTH, TrackedAdmission, ticker
 from twistedpush.web import make_site
 
 log = Logger()
@@ -83,9 +86,15 @@ def package_version() -> str:
 
 class Options(usage.Options):
     synopsis = "[options]"
+    log_file: TextOut | None = None
+    """Where ``--log-format json`` lines go: twistd's log file or stdout."""
     longdesc = (
         "Run a twistedpush push server: WebSocket and long-poll for browsers, AMP for publishers."
     )
+
+    optFlags: list[list[Any]] = [
+        ["no-access-log", None, "No access log line per HTTP request (errors are still logged)."],
+    ]
 
     optParameters: list[list[Any]] = [
         ["port", None, "tcp:8013", "Public HTTP + WebSocket listener (strports)."],
@@ -110,6 +119,14 @@ class Options(usage.Options):
         ],
         ["request-timeout", None, "30", "Seconds a request's line, headers and body may take."],
         ["wamp-realm", None, "serverpush", "The WAMP realm served on /ws (wamp.2.json)."],
+        [
+            "stats-key",
+            None,
+            None,
+            "Key for the operator's page GET /stats, at least 16 characters; off without "
+            "one (default: environment SERVERPUSH_STATS_KEY).",
+        ],
+        ["log-format", None, "text", "Log lines as text, or json: one object per line."],
     ]
 
     def __init__(self) -> None:
@@ -193,6 +210,19 @@ class Options(usage.Options):
         self["publisher-key"] = (
             self["publisher-key"] or os.environ.get("SERVERPUSH_PUBLISHER_KEY") or None
         )
+        self["stats-key"] = self["stats-key"] or os.environ.get("SERVERPUSH_STATS_KEY") or None
+        if self["stats-key"] is not None and len(self["stats-key"]) < MIN_KEY_LENGTH:
+            raise usage.UsageError(
+                f"--stats-key must be at least {MIN_KEY_LENGTH} characters; make one with "
+                "python -c 'import secrets; print(secrets.token_urlsafe())'"
+            )
+        if self["log-format"] not in LOG_FORMATS:
+            raise usage.UsageError(
+                f"--log-format must be one of {', '.join(LOG_FORMATS)}, got {self['log-format']!r}"
+            )
+        if self["log-format"] == "json":
+            # twistd's own options, or None when runserverpush parses these itself.
+            self.log_file = twistd_log_file(self.parent)
 
 
 class HubService(service.Service):
@@ -297,9 +327,19 @@ def _overlap(one: str, other: str) -> bool:
 class NodeService(service.MultiService):
     """One node's services; ``hub`` is where runserverpush attaches Django's presence."""
 
+    log_observer: ILogObserver | None = None
+    """The observer twistd logs to instead of its own (``--log-format json``)."""
+
     def __init__(self, hub: Hub) -> None:
         super().__init__()
         self.hub = hub
+
+    def setServiceParent(self, parent: Any) -> None:
+        """twistd makes its application after the plugin's service and picks its log
+        observer from the application's ILogObserver component: set it here."""
+        if self.log_observer is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self.log_observer)
+        super().setServiceParent(parent)
 
 
 def makeService(options: Options) -> NodeService:
@@ -313,7 +353,10 @@ def makeService(options: Options) -> NodeService:
     except CannotBind as e:
         sys.stderr.write(f"serverpush: error: {e}\n")
         raise SystemExit(1) from None
-    return build_service(options, reactor)
+    top = build_service(options, reactor)
+    if options.log_file is not None:
+        top.log_observer = JSONLineObserver(options.log_file)
+    return top
 
 
 def build_service(
@@ -327,7 +370,7 @@ def build_service(
         reactor,
         options["max-subscriptions"],
     )
-    admission = Admission(
+    admission = (TrackedAdmission if options["stats-key"] else Admission)(
         Limits(
             max_connections=options["max-connections"],
             max_connections_per_ip=options["max-connections-per-ip"],
@@ -348,7 +391,11 @@ def build_service(
         wamp_realm=options["wamp-realm"],
         publisher_key=options["publisher-key"],
         django=django,
+        stats_key=options["stats-key"],
+        access_log=not options["no-access-log"],
     )
+    if site.stats is not None:
+        ticker(site.stats, reactor).setServiceParent(top)
     notifier = endpoints.serverFromString(reactor, options["notifier"])
     for endpoint, factory in (
         (endpoints.serverFromString(reactor, options["port"]), site),

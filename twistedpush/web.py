@@ -25,6 +25,14 @@ from twistedpush.longpoll import PollResource, allow_cross_origin, poll_error
 from twistedpush.publish import PUBLISH_BODY, PublishingOff, PublishResource
 from twistedpush.relay import RelayResource
 from twistedpush.sse import SSEResource
+from twistedpush.stats import (
+    StatsFeed,
+    StatsKey,
+    StatsPage,
+    StatsWebSocketFactory,
+    TrackedAdmission,
+    access_log_line,
+)
 from twistedpush.websocket import PushWebSocketFactory
 from twistedpush.wire import http_error
 
@@ -46,7 +54,7 @@ class UpgradeResource(WebSocketResource):
     its request) until its 60 s idle timer fires: memory per new WebSocket.
     """
 
-    _factory: PushWebSocketFactory
+    _factory: PushWebSocketFactory | StatsWebSocketFactory
 
     def render(self, request: PushRequest) -> int | bytes:
         channel = request.connection
@@ -269,6 +277,9 @@ class PushSite(server.Site):
 
     # HTTP/1.1 only (twisted.web's default would switch to h2 when TLS negotiates it).
     protocol = PushHTTPChannel  # type: ignore[assignment]
+    push_paths = PUSH_PATHS
+    stats: StatsFeed | None = None
+    """What /stats shows (with --stats-key), ticked by the node's service."""
 
     def __init__(
         self,
@@ -277,15 +288,30 @@ class PushSite(server.Site):
         max_body: int,
         reactor: IReactorTime,
         django: Resource | None = None,
+        access_log: bool = True,
     ) -> None:
-        super().__init__(resource, requestFactory=PushRequest, reactor=reactor)
+        # No form parsing: push paths read JSON bodies, and Django (one-port mode)
+        # parses its own; twisted.web's parser took a fifth of an HTTP publish (py-spy).
+        super().__init__(
+            resource,
+            requestFactory=PushRequest,
+            reactor=reactor,
+            logFormatter=access_log_line,
+            parsePOSTFormSubmission=False,
+        )
         self.admission = admission
         self.max_body = max_body
         self.django = django
+        self.access_log = access_log
         self.displayTracebacks = False
 
+    def log(self, request: http.Request) -> None:
+        """One access log line per request, unless ``--no-access-log``."""
+        if self.access_log:
+            super().log(request)
+
     def is_push_path(self, path: bytes) -> bool:
-        return path == CLIENT_SCRIPT_PATH or path[1:].partition(b"/")[0] in PUSH_PATHS
+        return path == CLIENT_SCRIPT_PATH or path[1:].partition(b"/")[0] in self.push_paths
 
     def body_limit(self, target: bytes) -> int:
         """The largest body a request to ``target`` (its request line's) may send."""
@@ -319,6 +345,15 @@ class Status:
         self.websockets = websockets
         self.streams = streams
         self.started = clock.seconds()
+
+    def counters(self) -> tuple[int, int, int]:
+        """Updates in, updates out and slow clients dropped, as report() has them:
+        what /stats samples every second, without counting every subscription."""
+        return (
+            self.hub.updates_in,
+            self.hub.updates_out,
+            self.websockets.slow_drops + self.streams.slow_drops,
+        )
 
     def report(self) -> dict:
         """``status`` is ``ok``, ``degraded`` while some Redis shards are away (the other
@@ -441,10 +476,13 @@ def make_site(
     wamp_realm: str = "serverpush",
     publisher_key: str | None = None,
     django: Resource | None = None,
+    stats_key: str | None = None,
+    access_log: bool = True,
 ) -> PushSite:
     """The public site; ``publisher_key`` turns HTTP publishing on, ``django`` (a WSGI
-    resource) serves every other path (one-port mode)."""
-    admission = admission or Admission()
+    resource) serves every other path (one-port mode), ``stats_key`` turns /stats on
+    (its ``admission`` must then be a TrackedAdmission: /stats counts its tickets)."""
+    admission = admission or (TrackedAdmission() if stats_key else Admission())
     websockets = PushWebSocketFactory(
         hub, admission, max_message_size, reactor=clock, wamp_realm=wamp_realm
     )
@@ -463,4 +501,13 @@ def make_site(
     script = File(str(client_script()), defaultType="application/javascript")
     static.putChild(b"serverpush.js", script)
     root.putChild(b"static", static)
-    return PushSite(root, admission, max_body, clock, django)
+    site = PushSite(root, admission, max_body, clock, django, access_log)
+    if stats_key is not None:
+        if not isinstance(admission, TrackedAdmission):
+            raise TypeError("/stats needs a TrackedAdmission: it counts the open connections")
+        key = StatsKey(stats_key, clock)
+        site.stats = StatsFeed(clock, status, hub, admission, key)
+        feed = StatsWebSocketFactory(site.stats, key, admission, clock)
+        root.putChild(b"stats", StatsPage(key, UpgradeResource(feed)))
+        site.push_paths = PUSH_PATHS | {b"stats"}
+    return site

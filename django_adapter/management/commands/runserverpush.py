@@ -3,6 +3,7 @@ with ``--allrequests`` it serves the Django site too, on one port."""
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
@@ -12,6 +13,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django_adapter.conf import settings
 from django_adapter.signals import DjangoPresence
 from django_adapter.updates import glob_opens_groups
+from twistedpush.logs import ForwardedRecords, JSONLineObserver
 from twistedpush.tap import Options, build_service, check_ports
 
 REPEATABLE = {
@@ -77,6 +79,8 @@ def server_arguments() -> list[str]:
         args += ["--redis", url]
     if settings.publisher_key:
         args += ["--publisher-key", settings.publisher_key]
+    if settings.STATS_KEY:
+        args += ["--stats-key", settings.STATS_KEY]
     return args
 
 
@@ -121,6 +125,7 @@ class Command(BaseCommand):
         from twisted.internet import reactor, threads
         from twisted.logger import (
             FilteringLogObserver,
+            ILogObserver,
             LogLevel,
             LogLevelFilterPredicate,
             globalLogBeginner,
@@ -147,9 +152,15 @@ class Command(BaseCommand):
                 reactor, threads.deferToThread, server_options["allowed-origin"]
             )
             service.hub.presence.append(presence)
-            globalLogBeginner.beginLoggingTo(
-                [FilteringLogObserver(textFileLogObserver(sys.stdout), [quiet])]
-            )
+            lines: ILogObserver
+            if server_options.log_file is None:
+                lines = textFileLogObserver(sys.stdout)
+            else:
+                lines = JSONLineObserver(server_options.log_file)
+                # Django's and django_adapter's records too, as the LOGGING setting
+                # lets them reach the root logger (its own handlers stay).
+                logging.getLogger().addHandler(ForwardedRecords(lines))
+            globalLogBeginner.beginLoggingTo([FilteringLogObserver(lines, [quiet])])
             service.startService()  # listens now
         except Exception as e:
             raise CommandError(f"cannot start the push server: {e}") from None
