@@ -350,3 +350,19 @@ def test_late_live_copies_of_replayed_updates_are_not_sent_again():
     hub.deliver(late_copies[0])  # and a second copy changes nothing
     assert early.data() == [1]
     assert joiner.data() == [1]
+
+
+def test_the_subscription_count_follows_subscribes_resubscribes_and_leaves():
+    hub = make_hub(make_clock(), public=("*",))
+    a, b = Recorder(), Recorder()
+    hub.subscribe(a, "x")
+    hub.subscribe(a, "y")
+    hub.subscribe(a, "x")  # again: replaces, still one
+    hub.subscribe(b, "x")
+    assert hub.stats()["subscriptions"] == 3
+    hub.unsubscribe(a, "y")
+    hub.unsubscribe(a, "y")  # not subscribed any more: nothing
+    assert hub.stats()["subscriptions"] == 2
+    hub.drop(a)
+    hub.drop(b)
+    assert hub.stats()["subscriptions"] == 0 and hub.stats()["channels"] == 0

@@ -218,7 +218,7 @@ def test_connections_share_the_factory_options_and_keep_autobahns_debug_text():
         globalLogPublisher.removeObserver(events.append)
     options = protocol.CONFIG_ATTRS
     assert not set(options) & set(vars(protocol)), "options copied into the connection"
-    assert protocol.maxFramePayloadSize == 65536 and protocol.autoPingInterval == 30
+    assert protocol.maxFramePayloadSize == 65536 and protocol.autoPingInterval == 0  # Pinger
     assert protocol.perMessageCompressionAccept(["offer"]) is None
     assert autobahn_protocol.pformat is pprint.pformat
     [debug] = [e for e in events if "attrs" in e]
@@ -250,3 +250,63 @@ def test_an_open_connection_keeps_only_what_it_uses_of_the_handshake():
     client.send_json({"type": "subscribe", "channel": "a"})
     pump.flush()
     assert client.received[-1]["type"] == "subscribed"
+
+
+class Mute(Client):
+    """A client that never answers a ping (a dead peer, seen from the server)."""
+
+    def sendPong(self, payload=None):
+        pass
+
+
+def open_client(site, clock, protocol):
+    factory = WebSocketClientFactory("ws://localhost/ws", reactor=clock)
+    factory.protocol = protocol
+    client, server, pump = connectedServerAndClient(
+        lambda: site.buildProtocol(None), lambda: factory.buildProtocol(None), clock=clock
+    )
+    pump.flush()
+    return client, pump
+
+
+def advance(clock, pump, seconds, step=1.0):
+    for _ in range(int(seconds / step)):
+        clock.advance(step)
+        pump.flush()
+
+
+def test_a_client_that_answers_pings_stays_and_one_that_does_not_is_dropped():
+    from twistedpush.websocket import PING_INTERVAL
+
+    clock = make_clock()
+    site = make_site(make_hub(clock, public=("*",)), clock)
+    alive, alive_pump = open_client(site, clock, Client)
+    mute, mute_pump = open_client(site, clock, Mute)
+
+    def both(seconds):
+        for _ in range(int(seconds)):
+            clock.advance(1)
+            alive_pump.flush()
+            mute_pump.flush()
+
+    waited = 0
+    while mute.closed is None and waited < 3 * PING_INTERVAL:
+        both(1)
+        waited += 1
+    # Pinged within its first interval, then dropped at the next ping: a whole
+    # interval to answer, at most two.
+    assert PING_INTERVAL <= waited <= 2 * PING_INTERVAL + 1
+    assert mute.closed == 1006 and alive.closed is None  # dropped, no closing handshake
+    both(3 * PING_INTERVAL)
+    assert alive.closed is None
+
+
+def test_the_pinger_stops_when_the_last_connection_closes():
+    clock = make_clock()
+    site = make_site(make_hub(clock, public=("*",)), clock)
+    client, pump = open_client(site, clock, Client)
+    assert [c for c in clock.getDelayedCalls() if "withCount" in repr(c)]  # the pinger
+    client.sendClose()
+    pump.flush()
+    advance(clock, pump, 5)
+    assert not [c for c in clock.getDelayedCalls() if "withCount" in repr(c)]  # the pinger

@@ -137,6 +137,9 @@ class Hub:
         self.max_subscriptions = max_subscriptions
         self._channels: dict[str, _Channel] = {}
         self._subscriptions: dict[Subscriber, set[str]] = {}
+        self.subscription_count = 0
+        """Kept as they come and go: /health and /stats ask every second or so, and a
+        sum over every connection was a tenth of an idle node's time at 19,000."""
         self.updates_in = 0
         self.updates_out = 0
         self.replays = 0
@@ -268,6 +271,7 @@ class Hub:
             self.store.watch(name)
         buffered: list[Update] = []
         state.pending[subscriber] = buffered
+        self.subscription_count += 1
         self.store.report(name, len(state.live) + len(state.pending))
         if self.presence and subscriber.lasting:
             for listener in self.presence:
@@ -405,6 +409,7 @@ class Hub:
         state = self._channels[name]
         if state.pending.pop(subscriber, None) is None:
             del state.live[subscriber]
+        self.subscription_count -= 1
         if not state.live and not state.pending:
             del self._channels[name]
             self.store.unwatch(name)
@@ -419,7 +424,7 @@ class Hub:
     def stats(self) -> dict:
         return {
             "channels": len(self._channels),
-            "subscriptions": sum(len(c) for c in self._subscriptions.values()),
+            "subscriptions": self.subscription_count,
             "updates_in": self.updates_in,
             "updates_out": self.updates_out,
             "replays": self.replays,
