@@ -217,3 +217,16 @@ def test_a_smoke_bench_run_prints_no_ratios_to_set_against_the_readme():
     assert "/ nchan" not in smoke and "0.50x" not in smoke
     assert "| twistedpush / nchan |" in bench.report(results, "full", 60)
     assert "| 0.50x |" in bench.report(results, "full", 60)
+
+
+def test_the_bench_report_sets_wamp_against_v1_and_against_crossbar():
+    """Issue 13's target is WAMP / v1 fan-out in the same run; Crossbar's column gets a ratio."""
+    from bench import bench
+
+    ours = {"fanout_32": {"deliveries_per_s": 400.0}, "wamp_fanout_32": {"deliveries_per_s": 300.0}}
+    results = {"twistedpush": ours, "crossbar": {"wamp_fanout_32": {"deliveries_per_s": 100.0}}}
+    full = bench.report(results, "full", 60)
+    assert "| WAMP fan-out / WebSocket fan-out, 32 in flight | 0.75x | n/a |  |" in full
+    assert "| WAMP fan-out, 32 in flight: deliveries/s | 300 | 100 | 3.00x |" in full
+    smoke = bench.report(results, "smoke", 60).split("\nRaw results:")[0]
+    assert "0.75x" not in smoke and "WAMP fan-out / WebSocket" not in smoke
