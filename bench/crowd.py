@@ -189,6 +189,9 @@ class Subscriber(WSListener):
         self.count += 1
         self.generator.latencies.append(now - message["t"])
 
+    def on_ws_disconnected(self, transport) -> None:  # type: ignore[no-untyped-def]
+        self.generator.lost += 1  # an idle one too: the server must keep the crowd
+
 
 class Generator:
     """A slice of the crowd in one process: channels crowd.<first> on, one each."""
@@ -203,6 +206,7 @@ class Generator:
         self.latencies: list[float] = []
         self.subscribers: dict[int, Subscriber] = {}
         self.transports: list = []
+        self.lost = 0  # connections the server closed before the end
 
     async def connect(self) -> None:
         semaphore = asyncio.Semaphore(200)
@@ -236,7 +240,7 @@ class Generator:
         ):
             await asyncio.sleep(0.05)
         wrong = sum(s.count != expected.get(i, 0) for i, s in self.subscribers.items())
-        return {"latencies": self.latencies, "wrong": wrong,
+        return {"latencies": self.latencies, "wrong": wrong, "lost": self.lost,
                 "delivered": sum(s.count for s in self.subscribers.values())}  # fmt: skip
 
 
@@ -428,7 +432,11 @@ async def crowd(peer: Peer, connections: int, rate: float, seconds: float) -> di
         "publishes_per_s": published / elapsed,
         "delivered": delivered,
         **percentiles([t for r in reports for t in r["latencies"]], "delivery"),
-        "complete": delivered == published and not any(r["wrong"] for r in reports),
+        # Every update once, no connection of the crowd lost, every probe answered.
+        "complete": delivered == published
+        and not any(r["wrong"] or r["lost"] for r in reports)
+        and not probe_failures,
+        "lost": sum(r["lost"] for r in reports),
         **percentiles(probe_times, "probe"),
         "probes": len(probe_times),
         "probe_failures": probe_failures,
@@ -494,7 +502,8 @@ def report(results: dict, args: argparse.Namespace, command: str, load: tuple) -
             row.append(f"{ours / theirs:.2f}x" if ours and theirs else "n/a")
         lines.append(f"| {label} | " + " | ".join(row) + " |")
     for label, get in (
-        ("every update arrived, once", lambda r: r.get("complete")),
+        ("complete: every update once, none lost, probes answered", lambda r: r.get("complete")),
+        ("connections lost", lambda r: r.get("lost")),
         ("probes answered / failed", lambda r: f"{r.get('probes')} / {r.get('probe_failures')}"),
     ):
         lines.append(f"| {label} | " + " | ".join(cell(get(results[n])) for n in names)

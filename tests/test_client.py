@@ -140,8 +140,9 @@ class PipelineNotifier:
     then answers them in order, refusing those whose index is in ``refuse``, and
     closes after ``close_after`` answers if given."""
 
-    def __init__(self, hold: int, refuse=(), close_after=None) -> None:
-        self.hold, self.refuse, self.close_after = hold, set(refuse), close_after
+    def __init__(self, hold: int, refuse=(), close_after=None, reverse=False) -> None:
+        self.hold, self.close_after, self.reverse = hold, close_after, reverse
+        self.refuse = refuse if isinstance(refuse, dict) else dict.fromkeys(refuse, b"UNAVAILABLE")
         self.batches: list[int] = []  # updates per command received, in order
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
@@ -164,17 +165,21 @@ class PipelineNotifier:
                     waiting.append((box[b"_ask"], size))
                 if len(self.batches) < self.hold and len(waiting) < self.hold:
                     continue
-                for ask, size in waiting:
+                positions = []
+                for ask, size in waiting:  # positions in the order received
+                    positions.append(list(range(next_ts, next_ts + size)))
+                    next_ts += size
+                answers = list(zip(waiting, positions, strict=True))
+                for (ask, size), stamps in reversed(answers) if self.reverse else answers:
                     if answered == self.close_after:
                         return
                     index, answered = answered, answered + 1
                     if index in self.refuse:
-                        error = [(b"_error", ask), (b"_error_code", b"UNAVAILABLE")]
+                        error = [(b"_error", ask), (b"_error_code", self.refuse[index])]
                         connection.sendall(pack_box([*error, (b"_error_description", b"no")]))
                         continue
-                    stamps = IntegerList().toString(list(range(next_ts, next_ts + size)))
-                    next_ts += size
-                    connection.sendall(pack_box([(b"_answer", ask), (b"ts", stamps)]))
+                    encoded = IntegerList().toString(stamps)
+                    connection.sendall(pack_box([(b"_answer", ask), (b"ts", encoded)]))
                 waiting = []
 
 
@@ -236,3 +241,29 @@ def test_pipelined_batches_reach_a_real_server_in_order(push_server):
     assert stamps == sorted(set(stamps)) and len(stamps) == 3000
     updates, _ = client.history("c", since=stamps[-101], limit=1000)
     assert [u["data"]["n"] for u in updates] == list(range(2900, 3000))
+
+
+def test_answers_out_of_order_are_matched_by_their_tags():
+    """The notifier answers each command when it is done: batches on two Redis
+    shards, or one refused at once, overtake one another. Matched by order, every
+    update was once reported lost although all were stored."""
+    server = PipelineNotifier(hold=PIPELINE, reverse=True)
+    client = PushClient(port=server.port, timeout=5)
+    stamps = client.send_updates(batch_of(4))
+    assert stamps == list(range(1000, 1000 + len(stamps)))
+    client.close()
+    server.thread.join()
+
+
+def test_the_first_refusal_is_the_one_raised():
+    server = PipelineNotifier(hold=PIPELINE, refuse={0: b"BAD_DATA", 1: b"UNAVAILABLE"})
+    client = PushClient(port=server.port, timeout=5)
+    with pytest.raises(BadData) as raised:
+        client.send_updates(batch_of(4))
+    assert raised.value.stored[: server.batches[0]] == [None] * server.batches[0]
+    client.close()
+    server.thread.join()
+
+
+def test_nothing_to_send_needs_no_server():
+    assert PushClient(port=free_port()).send_encoded([]) == []

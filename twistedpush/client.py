@@ -156,6 +156,8 @@ class PushClient:
         ``unknown``: the indexes of updates sent whose answer never came.
         """
         batches = list(_batches(boxes))
+        if not batches:
+            return []
         if len(batches) == 1:
             command, arguments = _publication(batches[0])
             answer = self._call(command, arguments)["ts"]
@@ -164,7 +166,7 @@ class PushClient:
 
     def _pipelined(self, batches: list[list[bytes]], count: int) -> list[int]:
         stamps: list[int | None] = [None] * count
-        in_flight: deque[tuple[type[amp.Command], bytes, int, int]] = deque()
+        in_flight: dict[bytes, tuple[type[amp.Command], int, int]] = {}
         refusal: PushError | None = None
         start = 0
         try:
@@ -175,14 +177,21 @@ class PushClient:
                     if refusal is not None:
                         break
                 command, arguments = _publication(batch)
-                tag = self._request(command, arguments, time.monotonic() + self.timeout)
-                in_flight.append((command, tag, start, len(batch)))
+                tag = self._request(command, arguments, self._deadline())
+                in_flight[tag] = (command, start, len(batch))
                 start += len(batch)
             while in_flight:
-                refusal = self._settle(in_flight, stamps) or refusal
+                refused = self._settle(in_flight, stamps)
+                refusal = refusal or refused
         except PushServerUnavailable as e:
             e.stored = stamps
-            e.unknown = [i for _, _, first, n in in_flight for i in range(first, first + n)]
+            e.unknown = [i for _, first, n in in_flight.values() for i in range(first, first + n)]
+            if refusal is not None:
+                refusal.stored = stamps
+                raise e from refusal
+            raise
+        except BaseException:
+            self.close()  # answers left unread would be taken for the next call's
             raise
         if refusal is not None:
             refusal.stored = stamps
@@ -191,20 +200,33 @@ class PushClient:
 
     def _settle(
         self,
-        in_flight: deque[tuple[type[amp.Command], bytes, int, int]],
+        in_flight: dict[bytes, tuple[type[amp.Command], int, int]],
         stamps: list[int | None],
     ) -> PushError | None:
-        """Read the oldest batch's answer into ``stamps``; its refusal, if it was."""
-        command, tag, first, n = in_flight[0]
+        """Read the next answer into ``stamps``; the refusal, if it was one. Answers
+        come as each command is done, not always in the order sent (batches on two
+        Redis shards, a command refused at once): each is matched by its tag."""
+        box = self._guarded(lambda _, deadline: self._read_box(deadline), None, self._deadline())
+        tag = box.get(b"_answer", box.get(b"_error"))
+        if tag not in in_flight:
+            self.close()
+            raise PushServerUnavailable(f"unexpected answer from the push server: {box!r}")
+        command, first, n = in_flight.pop(tag)
         try:
-            answer = self._answer(command, tag, time.monotonic() + self.timeout)
+            ts = self._interpret(command, tag, box)["ts"]
         except PushError as e:
-            in_flight.popleft()
             return self._explained(e)
-        in_flight.popleft()
-        ts = answer["ts"]
-        stamps[first : first + n] = [ts] if command is SendUpdate else ts
+        stamps_of_batch = [ts] if command is SendUpdate else ts
+        if len(stamps_of_batch) != n:
+            self.close()
+            raise PushServerUnavailable(
+                f"the push server answered {len(stamps_of_batch)} positions for {n} updates"
+            )
+        stamps[first : first + n] = stamps_of_batch
         return None
+
+    def _deadline(self) -> float:
+        return time.monotonic() + self.timeout
 
     def current_timestamp(self) -> int:
         """The push server's current position: the ``since`` for a page rendered now."""
@@ -344,8 +366,18 @@ class PushClient:
     def _answer(
         self, command: type[amp.Command], tag: bytes, deadline: float, boxed: bool = False
     ) -> dict[str, Any]:
-        """The answer to the request tagged ``tag`` (answers come in order)."""
+        """The answer to the request tagged ``tag``, the only one in flight."""
         answer = self._guarded(lambda _, deadline: self._read_box(deadline), None, deadline)
+        return self._interpret(command, tag, answer, boxed)
+
+    def _interpret(
+        self,
+        command: type[amp.Command],
+        tag: bytes,
+        answer: dict[bytes, bytes],
+        boxed: bool = False,
+    ) -> dict[str, Any]:
+        """``answer`` as ``command``'s response, or its error raised."""
         if answer.get(b"_answer") == tag:
             try:
                 if boxed:
