@@ -164,3 +164,28 @@ def test_the_client_configuration_names_the_pages_origin(settings):
     page = engines["django"].from_string("{% load serverpush %}{% serverpush_js 'demo.x' %}")
     request = RequestFactory().get("/", HTTP_HOST="127.0.0.1:8000", **{ONE_PORT: True})
     assert '"url": "http://127.0.0.1:8000"' in page.render({"request": request})
+
+
+def test_a_form_post_reaches_django_whole(site):
+    """The site does not parse form bodies itself (publishing reads JSON): Django gets
+    the body as sent, urlencoded or multipart."""
+    body = b"title=hi&text=" + b"y" * 5000
+    head = (
+        "POST /write/?next=/x HTTP/1.1\r\nHost: x\r\n"
+        f"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len(body)}"
+    )
+    answer = request(site, head, body).json()
+    assert answer["body"] == len(body) and answer["query"] == "next=/x"
+
+
+def test_a_multipart_post_reaches_django_whole(site):
+    body = (
+        b'--B\r\nContent-Disposition: form-data; name="f"; filename="a.txt"\r\n\r\n'
+        + b"z" * 1000
+        + b"\r\n--B--\r\n"
+    )
+    head = (
+        "POST /upload/ HTTP/1.1\r\nHost: x\r\n"
+        f"Content-Type: multipart/form-data; boundary=B\r\nContent-Length: {len(body)}"
+    )
+    assert request(site, head, body).json()["body"] == len(body)
