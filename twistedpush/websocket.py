@@ -247,10 +247,12 @@ class PushWebSocketProtocol(AdmittedWebSocket):
     def onPong(self, payload: bytes) -> None:
         self.answered = True
 
-    def ping(self) -> None:
+    def ping(self, judge: bool = True) -> None:
         """The pinger's turn (every PING_INTERVAL): a client that answered nothing
-        since the last ping is gone (a dead peer, a lost NAT mapping): drop it."""
-        if not self.answered:
+        since the last ping is gone (a dead peer, a lost NAT mapping): drop it.
+        Not when ``judge`` is false: the reactor was late, and an answer may be
+        waiting, unread, in the socket."""
+        if judge and not self.answered:
             self.wasClean = False
             self.wasNotCleanReason = "WebSocket ping timeout (no pong in time)"
             self.dropConnection(abort=True)
@@ -357,11 +359,12 @@ class Pinger:
     def _tick(self, ticks: int) -> None:
         """``ticks``: the intervals gone by since the last call (more than one when
         the reactor was busy): every group whose turn came is pinged."""
+        judge = ticks == 1
         for _ in range(min(ticks, _PING_GROUPS)):
             group = self.groups[self._turn]
             self._turn = (self._turn + 1) % _PING_GROUPS
             for connection in list(group):
-                connection.ping()
+                connection.ping(judge)
 
 
 class PushWebSocketFactory(WebSocketServerFactory):
