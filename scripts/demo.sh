@@ -23,7 +23,7 @@ main() {
   npm_ci
   echo "== installing twistedpush into .venv (developer install)"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check \
-    --config-settings editable_mode=compat -e .
+    --config-settings editable_mode=compat -e ".[examples]"
 
   cd demo_site
   "$VENV/bin/python" manage.py migrate -v0
@@ -49,7 +49,8 @@ main() {
   twistedpush demo is running:  $url/
     /       the live counter (open it in two tabs)
     /me/    a per-user score: log in as alice or bob, password "demo"
-    /chat/  a chat over a send_update() channel
+    /chat/  a chat over a send_update() channel, with how many are viewing it
+    /wamp/  the same chat through AutobahnJS (WAMP)
   Push server: http://127.0.0.1:$PUSH_PORT (WebSocket /ws, long-poll /poll, /health)
   Ctrl-C stops both servers.
 
