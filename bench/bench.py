@@ -325,17 +325,24 @@ class Nchan(Peer):
     def __init__(self, name: str) -> None:
         super().__init__(name, scenarios=(*V1_SCENARIOS, "sse_fanout_32", "publish_32"))
 
+    def template(self) -> str:
+        """nginx's configuration, before {prefix} and {port} are filled in."""
+        return (ROOT / "bench" / "nchan.conf.template").read_text()
+
     def start(self, workdir: Path) -> None:
         prefix = workdir / "nchan"
         prefix.mkdir(exist_ok=True)
-        template = (ROOT / "bench" / "nchan.conf.template").read_text()
         conf = prefix / "nginx.conf"
-        conf.write_text(template.format(prefix=prefix, port=self.port))
+        conf.write_text(self.template().format(prefix=prefix, port=self.port))
         self.process = subprocess.Popen(
             ["nginx", "-c", str(conf), "-p", str(prefix)],
             stdout=subprocess.DEVNULL, stderr=open(prefix / "stderr.log", "wb"),
         )  # fmt: skip
-        wait_port(self.port)
+        try:
+            wait_port(self.port)
+        except RuntimeError:
+            errors = (prefix / "error.log").read_text().strip().splitlines()[-3:]
+            raise RuntimeError(f"nginx did not start: {' / '.join(errors)}") from None
 
     def ws_url(self, channels: list[str], replay: bool = False) -> str:
         if replay:

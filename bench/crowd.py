@@ -47,7 +47,6 @@ from picows import WSListener, WSMsgType, ws_connect
 
 from bench import (  # bench/bench.py, beside this script
     RESULTS,
-    ROOT,
     Nchan,
     Peer,
     TwistedPush,
@@ -55,7 +54,6 @@ from bench import (  # bench/bench.py, beside this script
     cpu_seconds,
     rss_kib,
     settle,
-    wait_port,
 )
 
 MARGIN = 1000
@@ -102,10 +100,8 @@ class CrowdNchan(Nchan):
         super().__init__("nchan")
         self.files = connections + MARGIN
 
-    def start(self, workdir: Path) -> None:
-        prefix = workdir / "nchan"
-        prefix.mkdir(exist_ok=True)
-        template = (ROOT / "bench" / "nchan.conf.template").read_text()
+    def template(self) -> str:
+        template = super().template()
         for directive, value in (
             ("worker_rlimit_nofile", self.files),
             ("worker_connections", 2 * self.files),
@@ -113,17 +109,7 @@ class CrowdNchan(Nchan):
             template, found = re.subn(rf"\b{directive} \d+;", f"{directive} {value};", template)
             if found != 1:
                 raise RuntimeError(f"bench/nchan.conf.template has no single {directive} line")
-        conf = prefix / "nginx.conf"
-        conf.write_text(template.format(prefix=prefix, port=self.port))
-        self.process = subprocess.Popen(
-            ["nginx", "-c", str(conf), "-p", str(prefix)],
-            stdout=subprocess.DEVNULL, stderr=open(prefix / "stderr.log", "wb"),
-        )  # fmt: skip
-        try:
-            wait_port(self.port)
-        except RuntimeError:
-            errors = (prefix / "error.log").read_text().strip().splitlines()[-3:]
-            raise RuntimeError(f"nginx did not start: {' / '.join(errors)}") from None
+        return template
 
 
 def probe_path(peer: Peer, channel: str) -> str:

@@ -204,6 +204,19 @@ def _read_reply(reply: BinaryIO) -> Any:
 
 
 @pytest.fixture
+def push(push_server: Callable[..., PushServer], settings: Any) -> Iterator[PushServer]:
+    """A real push server (every channel public), with Django's settings pointing at
+    it; the thread's notifier connection is closed after."""
+    from django_adapter.client import get_client
+
+    server = push_server("--public", "*")
+    settings.SERVERPUSH_NOTIFIER_PORT = server.notifier_port
+    settings.SERVERPUSH_PORT = server.port
+    yield server
+    get_client().close()
+
+
+@pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path).start()
     yield server

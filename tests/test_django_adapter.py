@@ -61,16 +61,6 @@ def me_update(request):
     ]
 
 
-@pytest.fixture
-def push(push_server, settings):
-    """A real push server, with Django's settings pointing at it."""
-    server = push_server("--public", "*")
-    settings.SERVERPUSH_NOTIFIER_PORT = server.notifier_port
-    settings.SERVERPUSH_PORT = server.port
-    yield server
-    get_client().close()
-
-
 def poll(server, channel, since):
     import urllib.request
 

@@ -133,15 +133,6 @@ def poll(server, channel, since):
         return json.load(response)["messages"]
 
 
-@pytest.fixture
-def push(push_server, settings):
-    server = push_server("--public", "*")
-    settings.SERVERPUSH_NOTIFIER_PORT = server.notifier_port
-    settings.SERVERPUSH_PORT = server.port
-    yield server
-    get_client().close()
-
-
 # One deadline per call
 
 

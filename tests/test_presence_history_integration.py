@@ -181,15 +181,6 @@ def test_history_is_the_same_on_every_node(push_server, redis_server):
 # django_adapter.presence and django_adapter.history
 
 
-@pytest.fixture
-def push(push_server, settings):
-    server = push_server("--public", "*")
-    settings.SERVERPUSH_NOTIFIER_PORT = server.notifier_port
-    settings.SERVERPUSH_PORT = server.port
-    yield server
-    get_client().close()
-
-
 def test_django_presence_and_history_ask_the_push_server(push):
     with websocket(push, "demo.room"), sse(push, "demo.room"):
         wait_for(lambda: django_adapter.presence("demo.room"), 2)
