@@ -78,6 +78,12 @@ def allow_cross_origin(request: Request, admission: Admission, cors: Cors = POLL
     return True
 
 
+def preflight(request: Request, admission: Admission, cors: Cors = POLL_CORS) -> bytes:
+    """The answer to a CORS preflight (OPTIONS): 204 with the headers, or 403."""
+    request.setResponseCode(204 if allow_cross_origin(request, admission, cors) else 403)
+    return b""
+
+
 def poll_error(error: PushError) -> bytes:
     """A refused poll's answer: the error in the answer's own shape, no cursor."""
     return b'{"messages":[%s],"ts":null}' % encode(error_message(error))
@@ -200,8 +206,7 @@ class PollResource(Resource):
         self.max_body = max_body
 
     def render_OPTIONS(self, request: Request) -> bytes:
-        request.setResponseCode(204 if allow_cross_origin(request, self.admission) else 403)
-        return b""
+        return preflight(request, self.admission)
 
     def render_POST(self, request: PushRequest) -> int | bytes:
         if not allow_cross_origin(request, self.admission):

@@ -27,7 +27,7 @@ from twistedpush.history import Replay, Update
 from twistedpush.httputil import channel_of, failure_error, query, refuse
 from twistedpush.hub import Hub
 from twistedpush.limits import Admission
-from twistedpush.longpoll import Cors, allow_cross_origin
+from twistedpush.longpoll import Cors, allow_cross_origin, preflight
 from twistedpush.wire import reset_message
 
 if TYPE_CHECKING:
@@ -209,9 +209,7 @@ class RelayResource(Resource):
         self.admission = admission
 
     def render_OPTIONS(self, request: Request) -> bytes:
-        allowed = allow_cross_origin(request, self.admission, RELAY_CORS)
-        request.setResponseCode(204 if allowed else 403)
-        return b""
+        return preflight(request, self.admission, RELAY_CORS)
 
     def render_GET(self, request: PushRequest) -> int | bytes:
         if not allow_cross_origin(request, self.admission, RELAY_CORS):

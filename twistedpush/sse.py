@@ -26,7 +26,7 @@ from twistedpush.history import Update
 from twistedpush.httputil import channel_of, failure_error, query, refuse
 from twistedpush.hub import Hub
 from twistedpush.limits import Admission, address_key
-from twistedpush.longpoll import Cors, allow_cross_origin
+from twistedpush.longpoll import Cors, allow_cross_origin, preflight
 from twistedpush.wire import (
     SSE_KEEPALIVE,
     SSE_PREAMBLE,
@@ -35,7 +35,7 @@ from twistedpush.wire import (
     sse_event,
     subscribed_message,
 )
-from twistedpush.writes import Outbox, Outboxes, write_now
+from twistedpush.writes import EncodedOnce, Outbox, Outboxes, write_now
 
 if TYPE_CHECKING:
     from twistedpush.web import PushRequest
@@ -183,23 +183,13 @@ class SSEResource(Resource):
         self.outboxes = Outboxes(clock, admission.limits.max_pending_bytes)
         self.streams: set[_Stream] = set()
         self.slow_drops = 0
-        self._last: tuple[Update | None, bytes] = (None, b"")
+        self.event = EncodedOnce(lambda u: sse_event(u.name, u.ts, u.message))
+        """The event of an update, for every stream."""
         self._keepalive = LoopingCall(self._keep_alive)
         self._keepalive.clock = clock
 
-    def event(self, update: Update) -> bytes:
-        """The event of ``update``; fan-out asks for the same update in a row."""
-        last, event = self._last
-        if last is not update:
-            event = sse_event(update.name, update.ts, update.message)
-            self._last = (update, event)
-        return event
-
     def render_OPTIONS(self, request: Request) -> bytes:
-        request.setResponseCode(
-            204 if allow_cross_origin(request, self.admission, SSE_CORS) else 403
-        )
-        return b""
+        return preflight(request, self.admission, SSE_CORS)
 
     def render_HEAD(self, request: Request) -> bytes:
         """A stream's headers and no stream: events are written past twisted.web's

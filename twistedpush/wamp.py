@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from twistedpush.errors import PushError, Unavailable
 from twistedpush.history import Update
 from twistedpush.hub import STRICT_JSON, Hub
-from twistedpush.writes import Outbox
+from twistedpush.writes import EncodedOnce, Outbox
 
 log = Logger()
 
@@ -122,7 +122,8 @@ class Broker:
         self._channels: dict[int, str] = {}
         self._users: dict[str, int] = {}
         self._next_id = 0
-        self._last: tuple[Update | None, bytes] = (None, b"")
+        self.event = EncodedOnce(self.replay_event)
+        """The EVENT frame of a live update, for every session."""
 
     def acquire(self, channel: str) -> None:
         """Give ``channel`` a subscription id, kept until every session releases it."""
@@ -142,14 +143,6 @@ class Broker:
 
     def channel(self, subscription: int) -> str | None:
         return self._channels.get(subscription)
-
-    def event(self, update: Update) -> bytes:
-        """The EVENT frame of a live update; fan-out asks for the same update in a row."""
-        last, frame = self._last
-        if last is not update:
-            frame = self.replay_event(update)
-            self._last = (update, frame)
-        return frame
 
     def replay_event(self, update: Update) -> bytes:
         return self.frame(event_message(self._ids[update.channel], update))

@@ -30,7 +30,7 @@ from twistedpush.wire import (
     reset_message,
     subscribed_message,
 )
-from twistedpush.writes import Outbox, Outboxes, write_now
+from twistedpush.writes import EncodedOnce, Outbox, Outboxes, write_now
 
 log = Logger()
 
@@ -390,7 +390,8 @@ class PushWebSocketFactory(WebSocketServerFactory):
         self.pinger = Pinger(self.reactor)
         self.handover: Ticket | None = None
         """The admission ticket of the connection being upgraded (set around it by the resource)."""
-        self._last: tuple[Update | None, bytes] = (None, b"")
+        self.frame = EncodedOnce(update_frame)
+        """The frame of a live update, for every connection."""
         # Larger frames are cut off outright; up to this bound they get a too_large error.
         hard_limit = max(65536, 4 * max_message_size)
         self.setProtocolOptions(
@@ -418,11 +419,3 @@ class PushWebSocketFactory(WebSocketServerFactory):
         protocol = cast(PushWebSocketProtocol, super().buildProtocol(addr))
         protocol.ticket = self.handover
         return protocol
-
-    def frame(self, update: Update) -> bytes:
-        """The WebSocket frame of ``update``; fan-out asks for the same update in a row."""
-        last, frame = self._last
-        if last is not update:
-            frame = text_frame(update.message)
-            self._last = (update, frame)
-        return frame

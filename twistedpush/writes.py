@@ -74,6 +74,24 @@ class PendingReplay:
         return out, size, position == len(updates)
 
 
+class EncodedOnce:
+    """A transport's bytes for an update, made once per update: fan-out asks every
+    subscriber of one transport for the same update in a row."""
+
+    __slots__ = ("data", "encode", "update")
+
+    def __init__(self, encode: Callable[[Update], bytes]) -> None:
+        self.encode = encode
+        self.update: Update | None = None
+        self.data = b""
+
+    def __call__(self, update: Update) -> bytes:
+        if update is not self.update:
+            self.data = self.encode(update)
+            self.update = update
+        return self.data
+
+
 class Sink(Protocol):
     """The transport an outbox writes to, in its own way."""
 
