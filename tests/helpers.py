@@ -169,3 +169,11 @@ class PageServer:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def poll_once(server: Any, channel: str, since: int | None) -> list[dict]:
+    """One long-poll of ``channel`` after ``since`` on a real server, answered at once."""
+    body = json.dumps({"subscriptions": [{"channel": channel, "since": since}], "timeout": 0})
+    request = urllib.request.Request(f"{server.url}/poll", data=body.encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)["messages"]

@@ -17,6 +17,7 @@ from django_adapter.apps import check_settings
 from django_adapter.client import PushServerUnavailable, get_client
 from django_adapter.middleware import ServerPushMiddleware
 from django_adapter.models import PageGroup
+from tests.helpers import poll_once as poll
 from twistedpush.access import AccessPolicy, sign_token
 
 TTL = 60
@@ -59,15 +60,6 @@ def me_update(request):
             "serializer": score_for_page,
         }
     ]
-
-
-def poll(server, channel, since):
-    import urllib.request
-
-    body = json.dumps({"subscriptions": [{"channel": channel, "since": since}], "timeout": 0})
-    request = urllib.request.Request(f"{server.url}/poll", data=body.encode(), method="POST")
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.load(response)["messages"]
 
 
 # Specs

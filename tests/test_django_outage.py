@@ -4,7 +4,6 @@ once), and what fails after a commit is logged and counted, never raised."""
 
 import datetime
 import decimal
-import json
 import logging
 import socket
 import threading
@@ -19,6 +18,7 @@ from django.utils.translation import gettext_lazy
 from django_adapter import send_update, updates
 from django_adapter.client import PushServerUnavailable, get_client, outage
 from tests.conftest import free_port
+from tests.helpers import poll_once as poll
 from twistedpush.client import PushClient
 from twistedpush.commands import BoxReader, pack_box
 from twistedpush.errors import BadChannel, BadData
@@ -122,15 +122,6 @@ def notifier(settings):
     get_client().close()
     for fake in made:
         fake.close()
-
-
-def poll(server, channel, since):
-    import urllib.request
-
-    body = json.dumps({"subscriptions": [{"channel": channel, "since": since}], "timeout": 0})
-    request = urllib.request.Request(f"{server.url}/poll", data=body.encode(), method="POST")
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.load(response)["messages"]
 
 
 # One deadline per call

@@ -15,7 +15,10 @@ const NEWS = {url: URL, since: 1000, subscriptions: [{channel: "news", token: nu
 // Connected over WebSocket, then the push server restarts: the socket drops
 // and the two reconnections are refused, so the client falls back to long-poll.
 function fellBack(options = {}) {
-  const env = load(options);
+  return fallBack(load(options));
+}
+
+function fallBack(env) {
   env.advance(0);
   env.socket().accept();
   env.socket().drop();
@@ -190,13 +193,7 @@ test("review 3: serverpush_state fires on document and with jQuery on every chan
   const jq = [];
   env.window.jQuery(env.document).bind("serverpush_state", (event, detail) => jq.push(plain(detail)));
   env.ServerPush.subscribe("news");
-  env.advance(0);
-  env.socket().accept();
-  env.socket().drop();
-  env.waitFor(() => env.sockets.length === 2);
-  env.socket().refuse();
-  env.waitFor(() => env.sockets.length === 3);
-  env.socket().refuse();  // falls back: still connecting until a poll is answered
+  fallBack(env);  // falls back: still connecting until a poll is answered
   env.poll().respond(200, {messages: [], ts: 1000});
   env.poll().respond(200, {messages: [], ts: 1000});  // no change, no event
   env.ServerPush.unsubscribe("news");
