@@ -12,7 +12,6 @@ single-update publishing script took (``INFO commandstats``).
 
 from __future__ import annotations
 
-import os
 import statistics
 import subprocess
 import sys
@@ -24,17 +23,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench import Redis, TwistedPush  # noqa: E402
+from bench import KEY, PAD, Redis, TwistedPush, cpu_seconds  # noqa: E402
 from twistedpush.client import PushClient  # noqa: E402
 
 ROUNDS = 5
 CALLS = {"single": 1500, "batch": 30}  # per round; a batch is 500 updates
-PAD = "x" * 60
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def redis_command(port: int, *args: str) -> str:
@@ -50,7 +43,9 @@ def main() -> None:
         try:
             for node in nodes.values():
                 node.start(workdir)
-            clients = {name: PushClient(port=node.notifier) for name, node in nodes.items()}
+            clients = {
+                name: PushClient(port=node.notifier, key=KEY) for name, node in nodes.items()
+            }
             for client in clients.values():
                 client.send_update("warm", 0)
             rates: dict[tuple[str, str], list[float]] = {}
@@ -59,7 +54,7 @@ def main() -> None:
                 for mode, calls in CALLS.items():
                     for name, client in clients.items():
                         pids = [nodes[name].pids()[0], redis.process.pid]
-                        before = [cpu_seconds(pid) for pid in pids] + [time.process_time()]
+                        before = [cpu_seconds([pid]) for pid in pids] + [time.process_time()]
                         started = time.perf_counter()
                         for n in range(calls):
                             if mode == "single":
@@ -69,7 +64,7 @@ def main() -> None:
                                     [("pub", {"n": i, "pad": PAD}) for i in range(500)]
                                 )
                         elapsed = time.perf_counter() - started
-                        after = [cpu_seconds(pid) for pid in pids] + [time.process_time()]
+                        after = [cpu_seconds([pid]) for pid in pids] + [time.process_time()]
                         updates = calls * (1 if mode == "single" else 500)
                         rates.setdefault((name, mode), []).append(updates / elapsed)
                         spent = [
