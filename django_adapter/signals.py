@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from fnmatch import fnmatchcase
+from functools import partial
 from http.cookies import CookieError, SimpleCookie
 from importlib import import_module
 from typing import Any
@@ -32,6 +33,7 @@ from urllib.parse import urlsplit
 from django.conf import settings as django_settings
 from django.dispatch import Signal
 from django.http.request import split_domain_port, validate_host
+from django.utils.functional import SimpleLazyObject
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -161,7 +163,9 @@ def _send_in_thread(batch: list[tuple[Signal, str | None, str]]) -> None:
     try:
         for signal, cookie, channel in batch:
             if cookie not in users:
-                users[cookie] = user_from_cookie(cookie)
+                # Looked up only if a receiver reads it (as request.user is): the
+                # session and user queries are not made for receivers that do not.
+                users[cookie] = SimpleLazyObject(partial(user_from_cookie, cookie))
             for receiver, error in signal.send_robust(
                 sender=DjangoPresence, user=users[cookie], channel=channel
             ):
