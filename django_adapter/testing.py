@@ -172,9 +172,7 @@ def _arguments() -> list[str]:
     ports of its own on loopback."""
     from django_adapter.management.commands.runserverpush import server_arguments
 
-    argv = server_arguments()
-    pairs = zip(argv[::2], argv[1::2], strict=True)
-    argv = [arg for pair in pairs if pair[0] != "--redis" for arg in pair]
+    argv = server_arguments(redis=False)
     return [*argv, "--port", "tcp:0:interface=127.0.0.1", "--notifier", "tcp:0:interface=127.0.0.1"]
 
 

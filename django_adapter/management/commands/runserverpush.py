@@ -56,8 +56,9 @@ def django_resource(reactor: Any) -> Any:
     return WSGIResource(reactor, reactor.getThreadPool(), one_port)
 
 
-def server_arguments() -> list[str]:
-    """``twistd serverpush`` options equivalent to this project's settings."""
+def server_arguments(redis: bool = True) -> list[str]:
+    """``twistd serverpush`` options equivalent to this project's settings (without
+    the Redis URLs: memory history)."""
     args = [
         "--port",
         f"tcp:{settings.PORT}",
@@ -75,7 +76,7 @@ def server_arguments() -> list[str]:
     for option, setting in REPEATABLE.items():
         for value in getattr(settings, setting):
             args += [f"--{option}", value]
-    for url in settings.redis_urls:
+    for url in settings.redis_urls if redis else ():
         args += ["--redis", url]
     if settings.publisher_key:
         args += ["--publisher-key", settings.publisher_key]
@@ -86,10 +87,8 @@ def server_arguments() -> list[str]:
 
 def command_arguments(options: dict[str, Any]) -> list[str]:
     """The server's options: the settings', then this command's on top of them."""
-    argv = server_arguments()
-    if options.get("redis") is not None:  # replaces the setting's Redis (every shard)
-        pairs = zip(argv[::2], argv[1::2], strict=True)
-        argv = [arg for pair in pairs if pair[0] != "--redis" for arg in pair]
+    # --redis replaces the setting's Redis (every shard).
+    argv = server_arguments(redis=options.get("redis") is None)
     if options.get("allrequests") and options.get("port") is None:
         argv += ["--port", ALL_REQUESTS_PORT]
     for name, *_ in Options.optParameters:
