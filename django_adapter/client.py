@@ -143,10 +143,9 @@ def _local_only() -> bool:
 def _diverted(boxes: list[bytes], users: Sequence[Any] = ()) -> list[int] | None:
     """Positions for ``boxes`` if they do not go to the push server: recorded by
     capture_updates(), or dropped under SERVERPUSH_ENABLED = False; else None."""
-    active = tuple(recorders)
-    if not active and settings.ENABLED:
+    if not _local_only():
         return None
-    for record in active:
+    for record in tuple(recorders):
         record(boxes, users)
     return [local_position() for _ in boxes]
 
@@ -181,10 +180,8 @@ def deliver(boxes: list[bytes], users: Sequence[Any] = ()) -> None:
     fail for it, so an unavailable push server is logged (once per outage) and
     counted in ``outage.unsent``, and a refusal is logged. ``users``: whom each
     update was serialized for (``<view>_update``), for capture_updates()."""
-    if _diverted(boxes, users) is not None:
-        return
     try:
-        _call(lambda client: client.send_encoded(boxes))
+        _send_now(boxes, users)
     except PushServerUnavailable:
         outage.count_unsent(len(boxes))
     except PushError:
@@ -223,7 +220,12 @@ def _send(boxes: list[bytes], using: str | None) -> list[int] | None:
     if transaction.get_connection(using).in_atomic_block and not _test_commit(using):
         transaction.on_commit(partial(deliver, boxes), using, robust=True)
         return None
-    stamps = _diverted(boxes)
+    return _send_now(boxes)
+
+
+def _send_now(boxes: list[bytes], users: Sequence[Any] = ()) -> list[int]:
+    """To the push server, unless captured or dropped (SERVERPUSH_ENABLED = False)."""
+    stamps = _diverted(boxes, users)
     return stamps if stamps is not None else _call(lambda client: client.send_encoded(boxes))
 
 

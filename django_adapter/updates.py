@@ -89,7 +89,7 @@ def parse_spec(raw: Any, where: str) -> Spec:
     if not isinstance(params, dict):
         raise ImproperlyConfigured(f"{where}: 'params' must be a dict of ORM lookups")
     try:
-        params = json.loads(json.dumps(params, cls=DjangoJSONEncoder))
+        params = _jsonable(params)
     except (TypeError, ValueError) as e:
         raise ImproperlyConfigured(f"{where}: 'params' values must be plain values: {e}") from None
     data = raw.get("data")
@@ -97,7 +97,7 @@ def parse_spec(raw: Any, where: str) -> Spec:
         raise ImproperlyConfigured(f"{where}: 'data' must be a dict")
     for key, value in (data or {}).items():
         # A typo here would otherwise show only when a row is saved, in the saving process.
-        if isinstance(value, str) and value.startswith("object."):
+        if isinstance(value, str) and value.startswith(ATTRIBUTE_ROOT + "."):
             attribute = value.split(".")[1]
             if not hasattr(model, attribute):
                 raise ImproperlyConfigured(
@@ -377,13 +377,6 @@ def _users(groups: list[PageGroup]) -> dict[str, Any]:
         for user in get_user_model()._default_manager.filter(pk__in=ids):
             users[str(user.pk)] = user
     return users
-
-
-def publications(
-    instance: models.Model, groups: list[PageGroup], deleted: bool = False
-) -> list[tuple[str, Any, str]]:
-    """One (channel, data, name) per matched group, serialized for that group's user."""
-    return [item for item, _user in serialized(instance, groups, deleted)]
 
 
 def serialized(

@@ -161,7 +161,7 @@ def test_each_user_gets_data_serialized_for_them():
     )
     updates.register([spec], alice, TTL)
     updates.register([spec], bob, TTL)
-    items = updates.publications(message, updates.matching_groups(message))
+    items = [item for item, _ in updates.serialized(message, updates.matching_groups(message))]
     viewers = {data["viewer"]: channel for channel, data, name in items}
     assert set(viewers) == {"alice", "bob"} and viewers["alice"] != viewers["bob"]
     assert items[0][1]["extra"] == {"t": "hi", "k": 1}
@@ -454,7 +454,7 @@ def test_view_name_serializer(settings):
         {"name": "c", "model": Counter, "params": {"pk": 1}, "serializer": "counter_json"}, "t"
     )
     updates.register([spec], user("alice"), TTL)
-    (item,) = updates.publications(counter, updates.matching_groups(counter))
+    ((item, _),) = updates.serialized(counter, updates.matching_groups(counter))
     assert item[1:] == ({"value": 9, "viewer": "alice"}, "c")
 
 
