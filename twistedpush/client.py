@@ -11,7 +11,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from twisted.protocols import amp
 
@@ -35,6 +35,8 @@ from twistedpush.errors import BadData, PushError, Unauthorized
 from twistedpush.history import HISTORY_LIMIT, check_history_query
 
 ERRORS: dict[bytes, type[Exception]] = {code: error for error, code in PUBLISH_ERRORS.items()}
+
+_T = TypeVar("_T")
 
 
 MAX_ANSWER = MAX_HISTORY_ANSWER + 65536
@@ -160,8 +162,7 @@ class PushClient:
             return []
         if len(batches) == 1:
             command, arguments = _publication(batches[0])
-            answer = self._call(command, arguments)["ts"]
-            return [answer] if command is SendUpdate else answer
+            return _stamps(command, self._call(command, arguments)["ts"])
         return self._pipelined(batches, len(boxes))
 
     def _pipelined(self, batches: list[list[bytes]], count: int) -> list[int]:
@@ -170,7 +171,7 @@ class PushClient:
         refusal: PushError | None = None
         start = 0
         try:
-            self._connect(time.monotonic() + self.timeout)
+            self._connect(self._deadline())
             for batch in batches:
                 if len(in_flight) == PIPELINE:
                     refusal = self._settle(in_flight, stamps)
@@ -206,7 +207,8 @@ class PushClient:
         """Read the next answer into ``stamps``; the refusal, if it was one. Answers
         come as each command is done, not always in the order sent (batches on two
         Redis shards, a command refused at once): each is matched by its tag."""
-        box = self._guarded(lambda _, deadline: self._read_box(deadline), None, self._deadline())
+        deadline = self._deadline()
+        box = self._guarded(lambda: self._read_box(deadline))
         tag = box.get(b"_answer", box.get(b"_error"))
         if tag not in in_flight:
             self.close()
@@ -216,7 +218,7 @@ class PushClient:
             ts = self._interpret(command, tag, box)["ts"]
         except PushError as e:
             return self._explained(e)
-        stamps_of_batch = [ts] if command is SendUpdate else ts
+        stamps_of_batch = _stamps(command, ts)
         if len(stamps_of_batch) != n:
             self.close()
             raise PushServerUnavailable(
@@ -318,7 +320,7 @@ class PushClient:
     ) -> dict[str, Any]:
         """Send ``command`` with its ``arguments`` box (from :func:`pack_box`); its
         answer, read by AMP's own reader when ``boxed`` (a value over several keys)."""
-        deadline = time.monotonic() + self.timeout
+        deadline = self._deadline()
         self._connect(deadline)
         try:
             return self._ask(command, arguments, deadline, boxed)
@@ -346,14 +348,14 @@ class PushClient:
         self._tag += 1
         tag = b"%x" % self._tag
         head = pack_pairs([(b"_command", command.commandName), (b"_ask", tag)])
-        self._guarded(self._send_all, head + arguments, deadline)
+        self._guarded(lambda: self._send_all(head + arguments, deadline))
         return tag
 
-    def _guarded(self, io: Callable[[Any, float], Any], argument: Any, deadline: float) -> Any:
-        """``io(argument, deadline)``, a failure of the connection closing it and
-        raised as PushServerUnavailable."""
+    def _guarded(self, io: Callable[[], _T]) -> _T:
+        """``io()``, a failure of the connection closing it and raised as
+        PushServerUnavailable."""
         try:
-            return io(argument, deadline)
+            return io()
         except BlockingIOError:
             self.close()
             raise PushServerUnavailable(
@@ -367,7 +369,7 @@ class PushClient:
         self, command: type[amp.Command], tag: bytes, deadline: float, boxed: bool = False
     ) -> dict[str, Any]:
         """The answer to the request tagged ``tag``, the only one in flight."""
-        answer = self._guarded(lambda _, deadline: self._read_box(deadline), None, deadline)
+        answer = self._guarded(lambda: self._read_box(deadline))
         return self._interpret(command, tag, answer, boxed)
 
     def _interpret(
@@ -441,6 +443,11 @@ def _closed_by_peer(sock: socket.socket) -> bool:
         return False
     except OSError:
         return True
+
+
+def _stamps(command: type[amp.Command], ts: Any) -> list[int]:
+    """The positions in ``command``'s answer: SendUpdate's one, SendUpdates' list."""
+    return [ts] if command is SendUpdate else ts
 
 
 def _publication(batch: list[bytes]) -> tuple[type[amp.Command], bytes]:

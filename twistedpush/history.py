@@ -249,15 +249,17 @@ class MemoryHistory:
                 self._on_update(update)
         return succeed([update.ts for update in updates])
 
+    def _held(self, channel: str) -> tuple[int, Sequence[Update]]:
+        """The channel's horizon and the updates it holds, expired ones dropped first."""
+        history = self._channels.get(channel)
+        if history is None:
+            return self._forgotten_horizon, ()
+        self._trim(history, self._cutoff(), self.size)
+        return history.horizon, history.entries
+
     def replay(self, channel: str, since: int | None) -> Deferred:
         now = self.positions.now()
-        history = self._channels.get(channel)
-        entries: Sequence[Update]
-        if history is None:
-            horizon, entries = self._forgotten_horizon, ()
-        else:
-            self._trim(history, self._cutoff(), self.size)
-            horizon, entries = history.horizon, history.entries
+        horizon, entries = self._held(channel)
         if since is None:
             return succeed(Replay((), False, now))
         if since < horizon:
@@ -268,14 +270,10 @@ class MemoryHistory:
         return succeed(self.positions.now())
 
     def history(self, channel: str, since: int | None, limit: int) -> Deferred:
-        history = self._channels.get(channel)
-        if history is None:
-            return succeed(History((), self._forgotten_horizon))
-        self._trim(history, self._cutoff(), self.size)
-        entries: Sequence[Update] = history.entries
+        horizon, entries = self._held(channel)
         if since is not None:
             entries = [u for u in entries if u.ts > since]
-        return succeed(History(list(islice(entries, limit)), history.horizon))
+        return succeed(History(list(islice(entries, limit)), horizon))
 
     def report(self, channel: str, subscribers: int) -> None:
         """No other node shares this store: nothing to tell."""

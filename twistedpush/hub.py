@@ -108,6 +108,10 @@ class _Channel:
         self.delivered = 0
         self.newest_join = 0
 
+    def __len__(self) -> int:
+        """Its local subscribers, those still catching up included."""
+        return len(self.live) + len(self.pending)
+
     def join(self, subscriber: Subscriber, position: int) -> None:
         self.live[subscriber] = position
         self.newest_join = max(self.newest_join, position)
@@ -205,18 +209,18 @@ class Hub:
         """This node's subscribers of ``channel``, on every transport, those still
         catching up included (a long-poll client counts while its request is held)."""
         state = self._channels.get(channel)
-        return 0 if state is None else len(state.live) + len(state.pending)
+        return 0 if state is None else len(state)
 
     def presence_count(self, channel: object) -> Deferred:
         """Fire with the subscribers of ``channel`` on every node sharing the store."""
         name = check_channel(channel)
         return self.store.presence(name, self.subscribers(name))
 
-    def history(
-        self, channel: object, since: object = None, limit: object = HISTORY_LIMIT
-    ) -> Deferred:
-        """Fire with the channel's :class:`~twistedpush.history.History` after ``since``."""
+    def history(self, channel: object, since: object = None, limit: object = None) -> Deferred:
+        """Fire with the channel's :class:`~twistedpush.history.History` after ``since``;
+        ``limit`` None: HISTORY_LIMIT, as the AMP argument left out means."""
         name = check_channel(channel)
+        limit = HISTORY_LIMIT if limit is None else limit
         checked_since, checked_limit = check_history_query(since, limit)
         return self.store.history(name, checked_since, checked_limit)
 
@@ -272,7 +276,7 @@ class Hub:
         buffered: list[Update] = []
         state.pending[subscriber] = buffered
         self.subscription_count += 1
-        self.store.report(name, len(state.live) + len(state.pending))
+        self.store.report(name, len(state))
         if self.presence and subscriber.lasting:
             for listener in self.presence:
                 listener.joined(subscriber, name)
@@ -410,15 +414,16 @@ class Hub:
         if state.pending.pop(subscriber, None) is None:
             del state.live[subscriber]
         self.subscription_count -= 1
-        if not state.live and not state.pending:
+        count = len(state)
+        if not count:
             del self._channels[name]
             self.store.unwatch(name)
-        self.store.report(name, len(state.live) + len(state.pending))
+        self.store.report(name, count)
 
     def busiest(self, count: int) -> list[tuple[str, int]]:
         """The ``count`` channels with the most local subscribers (those still
         catching up included), most first, ties by name: for the operator's /stats."""
-        sizes = ((name, len(c.live) + len(c.pending)) for name, c in self._channels.items())
+        sizes = ((name, len(c)) for name, c in self._channels.items())
         return heapq.nsmallest(count, sizes, key=lambda item: (-item[1], item[0]))
 
     def stats(self) -> dict:

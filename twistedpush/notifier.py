@@ -25,7 +25,6 @@ from twistedpush.commands import (
     pack_box,
 )
 from twistedpush.errors import TooLarge
-from twistedpush.history import HISTORY_LIMIT
 from twistedpush.history import History as HistoryRead
 from twistedpush.hub import MAX_DATA, Hub
 from twistedpush.writes import write_now
@@ -222,7 +221,7 @@ class NotifierProtocol(amp.AMP):
 
     @History.responder
     def history(self, channel: str, since: int | None = None, limit: int | None = None) -> Deferred:
-        read = self.hub.history(channel, since, HISTORY_LIMIT if limit is None else limit)
+        read = self.hub.history(channel, since, limit)
         return read.addCallback(_history_answer)
 
     def send_updates(self, updates: list[dict]) -> Deferred:

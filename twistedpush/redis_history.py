@@ -307,17 +307,13 @@ def _parse_entry(channel: str, entry: str) -> Update:
     return Update.create(channel, int(ts), name or None, data)
 
 
-class _Reader:
+def _reader() -> hiredis.Reader:
     """hiredis's reply parser, answers decoded as UTF-8 in C (txredisapi decodes in Python)."""
-
-    def __init__(self) -> None:
-        self._reader = hiredis.Reader(
-            protocolError=txredisapi.InvalidData,
-            replyError=txredisapi.ResponseError,
-            encoding="utf-8",
-        )
-        self.feed = self._reader.feed
-        self.gets = self._reader.gets
+    return hiredis.Reader(
+        protocolError=txredisapi.InvalidData,
+        replyError=txredisapi.ResponseError,
+        encoding="utf-8",
+    )
 
 
 def encode_command(args: Sequence[Any]) -> bytes:
@@ -343,15 +339,10 @@ class _Commands(txredisapi.HiredisProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._reader = _Reader()
+        self._reader = _reader()
         self._waiting: deque[Deferred] = deque()
         self._progress = 0.0
         self._watchdog: IDelayedCall | None = None
-
-    @property
-    def pending(self) -> int:
-        """Commands sent and not answered yet."""
-        return len(self._waiting)
 
     def execute_command(self, *args: Any, **kwargs: Any) -> Deferred:
         """Send one command (txredisapi's AUTH and SELECT too); fire with its answer."""
@@ -412,7 +403,7 @@ class _CommandFactory(txredisapi.RedisFactory):
             convertNumbers=False,
         )  # fmt: skip
         self.store = store
-        self.reactor = store.reactor
+        self.reactor = store._reactor
 
     def addConnection(self, conn: _Commands) -> None:
         super().addConnection(conn)
@@ -449,16 +440,16 @@ class _Listener(txredisapi.SubscriberProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._reader = _Reader()
+        self._reader = _reader()
         self._pending: deque[deque[tuple[str, _Subscription]]] = deque()
 
     def subscribe_many(self, prefix: str, subscriptions: list[tuple[str, _Subscription]]) -> None:
         self._pending.append(deque(subscriptions))
         names = [prefix + channel for channel, _ in subscriptions]
-        self.transport.write(self._build_command("SUBSCRIBE", *names))
+        self.transport.write(encode_command(["SUBSCRIBE", *names]))
 
     def unsubscribe_many(self, prefix: str, channels: list[str]) -> None:
-        self.transport.write(self._build_command("UNSUBSCRIBE", *(prefix + c for c in channels)))
+        self.transport.write(encode_command(["UNSUBSCRIBE", *(prefix + c for c in channels)]))
 
     def dataReceived(self, data: bytes, unpause: bool = False) -> None:
         reader = self._reader
@@ -544,7 +535,7 @@ class RedisHistory:
         sweep_budget: float = 1,
         presence_interval: float = 1,
     ) -> None:
-        self._reactor = self.reactor = reactor
+        self._reactor = reactor
         self.address = f"{host}:{port}/{dbid}"
         """Where this store is, for logs, /health and /metrics (never the password)."""
         self._limits = [str(size), str(int(ttl * 1_000_000))]
@@ -683,7 +674,7 @@ class RedisHistory:
         is: no script runs, so nothing begins or moves."""
         connection = self._connection
         if connection is None:
-            return fail(Unavailable(f"Redis {self.address} is not connected"))
+            return fail(self._not_connected())
         return self._command(connection, "GET", self._tag + key)
 
     @property
@@ -719,7 +710,7 @@ class RedisHistory:
     def _send_now(self, ops: list[tuple]) -> None:
         connection = self._connection
         if connection is None or not connection.connected:
-            error = Unavailable(f"Redis {self.address} is not connected")
+            error = self._not_connected()
             for op in ops:
                 op[-1].errback(error)
             return
@@ -840,6 +831,9 @@ class RedisHistory:
         except txredisapi.ConnectionError as e:
             return fail(Unavailable(f"Redis {self.address}: {e}"))
 
+    def _not_connected(self) -> Unavailable:
+        return Unavailable(f"Redis {self.address} is not connected")
+
     def _unavailable_failure(self, failure: Any) -> Any:
         raise self._unavailable(failure)
 
@@ -856,7 +850,7 @@ class RedisHistory:
         channel take a few reads, not a thousand). A replay read later than asked is
         as good: its snapshot is only newer."""
         if not self._open:
-            return fail(Unavailable(f"Redis {self.address} is not connected"))
+            return fail(self._not_connected())
         waiting = self._reading.get(op[1]) if op[0] == _READ_OP and op[2] is not None else None
         if waiting is not None:
             waiting.append(op)
@@ -939,7 +933,7 @@ class RedisHistory:
     def presence(self, channel: str, local: int) -> Deferred:
         connection = self._connection
         if not self._open or connection is None:
-            return fail(Unavailable(f"Redis {self.address} is not connected"))
+            return fail(self._not_connected())
         keys = [self._nodes_key, self._presence_key + channel]
         d = self._run(connection, _PRESENCE, keys, [self.node])
         return d.addCallbacks(lambda others: local + int(others), self._unavailable_failure)
@@ -948,7 +942,7 @@ class RedisHistory:
         """Raise this store's clock to at least ``floor``; fire with its position then.
         Shards call it while preparing too, before the store takes other requests."""
         if self._connection is None:
-            return fail(Unavailable(f"Redis {self.address} is not connected"))
+            return fail(self._not_connected())
         op: tuple = (_READ_OP, None, None, floor, Deferred())
         self._queue(op)
         return op[-1]
@@ -964,7 +958,7 @@ class RedisHistory:
         def script(which: Script, channels: list[str], *args: Any) -> Deferred:
             connection = self._connection
             if connection is None:
-                return fail(Unavailable(f"Redis {self.address} is not connected"))
+                return fail(self._not_connected())
             return self._run(connection, which, self._keys_of(channels), [*self._limits, 0, *args])
 
         def batch() -> Deferred:
@@ -1106,9 +1100,16 @@ class RedisHistory:
         }
 
     def stats(self) -> dict:
-        return {
-            "store": "redis",
-            "redis_connected": self.healthy(),
-            "watched_channels": len(self._watched),
-            "shards": [{"shard": 0, **self.shard_stats()}],
-        }
+        return redis_stats([self])
+
+
+def redis_stats(stores: Sequence[RedisHistory]) -> dict:
+    """/health's counts of Redis stores, the shards of one history: each one's and in all
+    (each shard asked once, so that its ``connected`` and the total agree)."""
+    shards = [{"shard": n, **store.shard_stats()} for n, store in enumerate(stores)]
+    return {
+        "store": "redis",
+        "redis_connected": all(shard["connected"] for shard in shards),
+        "watched_channels": sum(shard["watched_channels"] for shard in shards),
+        "shards": shards,
+    }

@@ -37,7 +37,7 @@ from zope.interface import implementer
 
 from twistedpush.errors import Unavailable
 from twistedpush.history import IHistoryStore, Publication, Update
-from twistedpush.redis_history import RedisHistory
+from twistedpush.redis_history import RedisHistory, redis_stats
 
 
 def jump_hash(key: int, buckets: int) -> int:
@@ -206,10 +206,4 @@ class ShardedHistory:
         return all(shard.healthy() for shard in self.shards)
 
     def stats(self) -> dict:
-        shards = [{"shard": n, **s.shard_stats()} for n, s in enumerate(self.shards)]
-        return {
-            "store": "redis",
-            "redis_connected": self.healthy(),
-            "watched_channels": sum(s["watched_channels"] for s in shards),
-            "shards": shards,
-        }
+        return redis_stats(self.shards)
