@@ -3,14 +3,10 @@ the path, query values, and refusals as ``{"error": {"code", "message"}}``."""
 
 from __future__ import annotations
 
-from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.server import Request
 
-from twistedpush.errors import PushError, Unavailable
+from twistedpush.errors import PushError
 from twistedpush.wire import http_error
-
-log = Logger()
 
 STATUS = {
     "bad_request": 400,
@@ -42,10 +38,20 @@ def refuse(request: Request, error: PushError) -> bytes:
     return http_error(error)
 
 
-def failure_error(failure: Failure, what: str) -> PushError:
-    """A refusal keeps its code; anything else (the history store failed) is logged
-    and shown as ``unavailable``, to be retried."""
-    if isinstance(failure.value, PushError):
-        return failure.value
-    log.failure("{what} failed", failure, what=what)
-    return Unavailable("history is unavailable; try again")
+def query_text(request: Request, name: bytes) -> str | None:
+    """The first value of query argument ``name`` as text (a token), if given."""
+    value = query(request, name)
+    return None if value is None else value.decode("utf-8", "replace")
+
+
+def bearer(request: Request) -> bytes | None:
+    """The credentials of an ``Authorization: Bearer`` header, if the request has one."""
+    scheme, _, credentials = (request.getHeader(b"authorization") or b"").partition(b" ")
+    return credentials.strip() if scheme.lower() == b"bearer" else None
+
+
+def finish(request: Request, body: bytes) -> None:
+    """Answer with ``body`` whole, with its Content-Length (not chunked: simpler clients)."""
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    request.write(body)
+    request.finish()

@@ -14,7 +14,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from twistedpush.errors import Forbidden, Limit, PushError
 from twistedpush.history import Update
-from twistedpush.hub import Hub
+from twistedpush.hub import Hub, Subscriber
 from twistedpush.limits import Admission
 
 if TYPE_CHECKING:
@@ -95,7 +95,32 @@ def error_body(request: Request, status: int, error: PushError) -> bytes:
     return poll_error(error)
 
 
-class _Poll:
+def count_until_sent(request: PushRequest, admission: Admission) -> None:
+    """Count ``request`` as a poll until its answer has left this process (a client
+    that does not read holds it in the send buffer), or the connection is gone."""
+    ticket = request.ticket
+    request.notifyFinish().addBoth(
+        lambda _: request.when_sent(lambda: admission.done(ticket, request))
+    )
+
+
+class Held(Subscriber):
+    """A request held open until its one answer (a poll, a push-relay wait)."""
+
+    hub: Hub
+    call: IDelayedCall | None
+    done: bool
+
+    def _finished(self, _: object) -> None:
+        """The answer went out, or the client went away: forget everything at once."""
+        self.done = True
+        self.hub.drop(self)
+        if self.call is not None and self.call.active():
+            self.call.cancel()
+        self.call = None
+
+
+class _Poll(Held):
     """One held request, subscribed to its channels until it answers."""
 
     lasting = False
@@ -180,14 +205,6 @@ class _Poll:
         self.request.write(body)
         self.request.finish()
 
-    def _finished(self, _: object) -> None:
-        """The answer went out, or the client went away: forget everything at once."""
-        self.done = True
-        self.hub.drop(self)
-        if self.call is not None and self.call.active():
-            self.call.cancel()
-        self.call = None
-
 
 class PollResource(Resource):
     isLeaf = True
@@ -221,15 +238,10 @@ class PollResource(Resource):
             )
         except PushError as e:
             return error_body(request, 413 if e.code == "too_large" else 400, e)
-        ticket = request.ticket
         try:
-            self.admission.use(ticket, "longpoll", request)
+            self.admission.use(request.ticket, "longpoll", request)
         except Limit as e:
             return error_body(request, 503, e)
-        # Counted as a poll until its answer has left this process (a client
-        # that does not read holds it in the send buffer), or the connection is gone.
-        request.notifyFinish().addBoth(
-            lambda _: request.when_sent(lambda: self.admission.done(ticket, request))
-        )
+        count_until_sent(request, self.admission)
         _Poll(self.hub, self.clock, request, timeout).start(subscriptions)
         return NOT_DONE_YET

@@ -14,9 +14,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from twistedpush.errors import PushError, Unauthorized
-from twistedpush.httputil import channel_of, failure_error, query, refuse
+from twistedpush.httputil import bearer, channel_of, finish, query, refuse
 from twistedpush.hub import MAX_DATA, Hub
-from twistedpush.wire import parse_publish_batch
+from twistedpush.wire import history_failed, parse_publish_batch
 
 PUBLISH_BODY = MAX_DATA + 65536
 """The largest body /publish reads: 1 MiB of data, and room for a batch's JSON around it."""
@@ -34,8 +34,8 @@ class PublishResource(Resource):
 
     def authorized(self, request: Request) -> bool:
         """``Authorization: Bearer <key>``, compared in constant time."""
-        scheme, _, credentials = (request.getHeader(b"authorization") or b"").partition(b" ")
-        return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self.key)
+        given = bearer(request)
+        return given is not None and hmac.compare_digest(given, self.key)
 
     def render_POST(self, request: Request) -> int | bytes:
         if not self.authorized(request):
@@ -70,16 +70,14 @@ class PublishResource(Resource):
 
     @staticmethod
     def _failed(failure: Failure, request: Request) -> None:
-        _answer(request, refuse(request, failure_error(failure, "an HTTP publication")))
+        _answer(request, refuse(request, history_failed(failure, "an HTTP publication")))
 
 
 def _answer(request: Request, body: bytes) -> None:
     if request.finished or request._disconnected:
         return  # the publisher went away: the updates are published all the same
     request.setHeader(b"Content-Type", b"application/json")
-    request.setHeader(b"Content-Length", b"%d" % len(body))  # not chunked: simpler clients
-    request.write(body)
-    request.finish()
+    finish(request, body)
 
 
 class PublishingOff(Resource):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from email.utils import parsedate_to_datetime
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -24,11 +25,12 @@ from twisted.web.server import NOT_DONE_YET, Request
 from twistedpush.access import check_channel
 from twistedpush.errors import BadRequest, Forbidden, PushError
 from twistedpush.history import Replay, Update
-from twistedpush.httputil import channel_of, failure_error, query, refuse
+from twistedpush.httputil import channel_of, finish, query_text, refuse
 from twistedpush.hub import Hub
 from twistedpush.limits import Admission
-from twistedpush.longpoll import Cors, allow_cross_origin, preflight
-from twistedpush.wire import reset_message
+from twistedpush.longpoll import Cors, Held, allow_cross_origin, count_until_sent, preflight
+from twistedpush.wire import history_failed, reset_message
+from twistedpush.writes import EncodedOnce
 
 if TYPE_CHECKING:
     from twistedpush.web import PushRequest
@@ -47,8 +49,10 @@ HOLD = 60.0
 SECOND = 10**6
 
 
+@lru_cache(maxsize=1)
 def position_headers(ts: int) -> tuple[bytes, bytes]:
-    """``Last-Modified`` and ``Etag`` of position ``ts``."""
+    """``Last-Modified`` and ``Etag`` of position ``ts`` (kept for the last one: every
+    request waiting on a channel is answered with the same update)."""
     return datetimeToString(ts // SECOND), b"%d" % (ts % SECOND)
 
 
@@ -72,7 +76,7 @@ def parse_position(if_modified_since: bytes | None, if_none_match: bytes | None)
     return seconds * SECOND + int(tag)
 
 
-class _Wait:
+class _Wait(Held):
     """One request: subscribed from its position until the first update (or reset)
     arrives, then answered with it and forgotten.
 
@@ -84,6 +88,7 @@ class _Wait:
 
     def __init__(self, resource: RelayResource, request: PushRequest, channel: str) -> None:
         self.resource = resource
+        self.hub = resource.hub
         self.request = request
         self.channel = channel
         self.answer: tuple[int, bytes] | None = None
@@ -95,7 +100,7 @@ class _Wait:
         if since is not None:
             self._subscribe(since, token)
         else:  # from the oldest update in history: from the channel's horizon
-            self.resource.hub.store.replay(self.channel, 0).addCallbacks(
+            self.hub.store.replay(self.channel, 0).addCallbacks(
                 self._from_horizon, self._failed, callbackArgs=(token,)
             )
 
@@ -105,7 +110,7 @@ class _Wait:
 
     def _subscribe(self, since: int, token: str | None) -> None:
         try:
-            d = self.resource.hub.subscribe(self, self.channel, since, token)
+            d = self.hub.subscribe(self, self.channel, since, token)
         except PushError as e:
             self._refuse(e)
             return
@@ -121,12 +126,12 @@ class _Wait:
         if failure.check(BadRequest):
             # A position ahead of this server (its clock went back across a restart):
             # these clients would send it again and again, so start them over from now.
-            self.resource.hub.now().addCallbacks(
+            self.hub.now().addCallbacks(
                 lambda now: self._take(now, reset_message(self.channel, now)),
                 self._failed,
             )
             return
-        self._refuse(failure_error(failure, "a push-relay subscription"))
+        self._refuse(history_failed(failure, "a push-relay subscription"))
 
     # Subscriber: the first update, replayed or live, or a reset is the answer
 
@@ -135,7 +140,8 @@ class _Wait:
             self.send_update(updates[0])
 
     def send_update(self, update: Update) -> None:
-        self._take(update.ts, update.data.encode())
+        if self.answer is None and not self.done:
+            self._take(update.ts, self.resource.body(update))
 
     def send_reset(self, channel: str, now: int) -> None:
         self._take(now, reset_message(channel, now))
@@ -186,17 +192,7 @@ class _Wait:
 
     def _finish(self, body: bytes) -> None:
         self.done = True
-        self.request.setHeader(b"Content-Length", b"%d" % len(body))
-        self.request.write(body)
-        self.request.finish()
-
-    def _finished(self, _: object) -> None:
-        """The answer went out, or the client went away: forget everything at once."""
-        self.done = True
-        self.resource.hub.drop(self)
-        if self.call is not None and self.call.active():
-            self.call.cancel()
-        self.call = None
+        finish(self.request, body)
 
 
 class RelayResource(Resource):
@@ -207,6 +203,8 @@ class RelayResource(Resource):
         self.hub = hub
         self.clock = clock
         self.admission = admission
+        self.body = EncodedOnce(lambda update: update.data.encode())
+        """The answer's body for an update, for every request waiting on its channel."""
 
     def render_OPTIONS(self, request: Request) -> bytes:
         return preflight(request, self.admission, RELAY_CORS)
@@ -215,8 +213,7 @@ class RelayResource(Resource):
         if not allow_cross_origin(request, self.admission, RELAY_CORS):
             origin = request.getHeader(b"origin")
             return refuse(request, Forbidden(f"origin {origin!r} is not allowed"))
-        raw_token = query(request, b"token")
-        token = None if raw_token is None else raw_token.decode("utf-8", "replace")
+        token = query_text(request, b"token")
         try:
             channel = check_channel(channel_of(request))
             since = parse_position(
@@ -224,14 +221,10 @@ class RelayResource(Resource):
             )
             if since is None:  # refused now, before history is read for it
                 self.hub.access.check(channel, token, self.clock.seconds())
-            ticket = request.ticket
-            self.admission.use(ticket, "longpoll", request)
+            self.admission.use(request.ticket, "longpoll", request)
         except PushError as e:
             return refuse(request, e)
-        # Counted as a poll until its answer has left this process, as POST /poll is.
-        request.notifyFinish().addBoth(
-            lambda _: request.when_sent(lambda: self.admission.done(ticket, request))
-        )
+        count_until_sent(request, self.admission)  # as POST /poll is
         wait = _Wait(self, request, channel)
         wait.start(since, token)
         return NOT_DONE_YET

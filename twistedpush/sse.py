@@ -23,13 +23,14 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from twistedpush.errors import Forbidden, PushError
 from twistedpush.history import Update
-from twistedpush.httputil import channel_of, failure_error, query, refuse
+from twistedpush.httputil import channel_of, finish, query, query_text, refuse
 from twistedpush.hub import Hub
 from twistedpush.limits import Admission, address_key
 from twistedpush.longpoll import Cors, allow_cross_origin, preflight
 from twistedpush.wire import (
     SSE_KEEPALIVE,
     SSE_PREAMBLE,
+    history_failed,
     parse_position,
     reset_message,
     sse_event,
@@ -46,6 +47,12 @@ SSE_CORS = Cors(methods=b"GET, OPTIONS", headers=b"Last-Event-ID, Cache-Control"
 
 KEEPALIVE_INTERVAL = 20.0
 """Seconds between keep-alive comments on every stream (the contract: at most 25)."""
+
+
+def update_event(update: Update) -> bytes:
+    """The event of an update; a replay's are made as its stream reads them, apart
+    from the live update's, which every stream shares (SSEResource.event)."""
+    return sse_event(update.name, update.ts, update.message)
 
 
 class _Stream:
@@ -78,12 +85,9 @@ class _Stream:
             return failure
         if self.done:
             return None
-        self.done = True
-        self.resource.forget(self)
-        body = refuse(self.request, failure_error(failure, "an event stream's subscription"))
-        self.request.setHeader(b"Content-Length", b"%d" % len(body))
-        self.request.write(body)
-        self.request.finish()
+        self.done = True  # finishing the answer forgets the stream (finished)
+        body = refuse(self.request, history_failed(failure, "an event stream's subscription"))
+        finish(self.request, body)
         return None
 
     def _start(self) -> None:
@@ -101,7 +105,7 @@ class _Stream:
     def send_replay(self, updates: Sequence[Update]) -> None:
         if not self.started:
             self._start()
-        self.outbox.replay(updates, self.resource.event)
+        self.outbox.replay(updates, update_event)
 
     def send_update(self, update: Update) -> None:
         self.outbox.send(self.resource.event(update))
@@ -183,8 +187,8 @@ class SSEResource(Resource):
         self.outboxes = Outboxes(clock, admission.limits.max_pending_bytes)
         self.streams: set[_Stream] = set()
         self.slow_drops = 0
-        self.event = EncodedOnce(lambda u: sse_event(u.name, u.ts, u.message))
-        """The event of an update, for every stream."""
+        self.event = EncodedOnce(update_event)
+        """The event of a live update, for every stream."""
         self._keepalive = LoopingCall(self._keep_alive)
         self._keepalive.clock = clock
 
@@ -203,7 +207,6 @@ class SSEResource(Resource):
             origin = request.getHeader(b"origin")
             return refuse(request, Forbidden(f"origin {origin!r} is not allowed"))
         resume = request.getHeader(b"last-event-id")
-        token = query(request, b"token")
         stream = _Stream(self, request)
         try:
             if resume is not None:  # an EventSource reconnecting: it knows better
@@ -215,7 +218,7 @@ class SSEResource(Resource):
                 stream,
                 channel_of(request),
                 since,
-                None if token is None else token.decode("utf-8", "replace"),
+                query_text(request, b"token"),
             )
         except PushError as e:
             self.admission.done(stream.ticket, stream)

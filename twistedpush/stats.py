@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from hashlib import sha256
 from itertools import pairwise
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes, urlsplit
 
-from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionRequest
 from twisted.application.internet import TimerService
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -29,10 +28,10 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 from twistedpush.errors import Forbidden, Unauthorized
-from twistedpush.httputil import query, refuse
+from twistedpush.httputil import bearer, query, refuse
 from twistedpush.hub import Hub
-from twistedpush.limits import Admission, Ticket
-from twistedpush.websocket import AdmittedWebSocket
+from twistedpush.limits import Admission, Limits, Ticket
+from twistedpush.websocket import AdmittedWebSocket, AdmittingFactory
 
 MIN_KEY_LENGTH = 16
 """The stats key guards channel names and the node's load: no short, guessable keys."""
@@ -129,6 +128,11 @@ class TrackedAdmission(Admission):
     def close(self, ticket: Ticket) -> None:
         super().close(ticket)
         self.tickets.discard(ticket)
+
+
+def admission_for(stats_key: str | None, limits: Limits) -> Admission:
+    """The node's admission: with a stats key, one that /stats can count."""
+    return (TrackedAdmission if stats_key else Admission)(limits)
 
 
 def kind_of(ticket: Ticket) -> str:
@@ -341,8 +345,9 @@ class StatsKey:
     def check_request(self, request: Request) -> None:
         """Raise Unauthorized without a key (``?key=`` or ``Authorization: Bearer``),
         Forbidden with a wrong one."""
-        scheme, _, credentials = (request.getHeader(b"authorization") or b"").partition(b" ")
-        given = credentials.strip() if scheme.lower() == b"bearer" else query(request, b"key")
+        given = bearer(request)
+        if given is None:
+            given = query(request, b"key")
         if not given:
             raise Unauthorized(
                 "/stats needs the stats key: ?key=<key> or Authorization: Bearer <key>"
@@ -500,8 +505,8 @@ class StatsViewer(AdmittedWebSocket):
             self.factory.admission.close(self.ticket)
 
 
-class StatsWebSocketFactory(WebSocketServerFactory):
-    """The /stats/ws endpoint's connections; ``handover`` as PushWebSocketFactory's."""
+class StatsWebSocketFactory(AdmittingFactory):
+    """The /stats/ws endpoint's connections."""
 
     protocol = StatsViewer  # type: ignore[assignment]
 
@@ -512,7 +517,6 @@ class StatsWebSocketFactory(WebSocketServerFactory):
         self.feed = feed
         self.key = key
         self.admission = admission
-        self.handover: Ticket | None = None
         self.setProtocolOptions(
             maxFramePayloadSize=4096,
             maxMessagePayloadSize=4096,
@@ -521,11 +525,6 @@ class StatsWebSocketFactory(WebSocketServerFactory):
             perMessageCompressionAccept=lambda offers: None,
             failByDrop=False,
         )
-
-    def buildProtocol(self, addr: Any) -> StatsViewer:  # type: ignore[override]
-        protocol = cast(StatsViewer, super().buildProtocol(addr))
-        protocol.ticket = self.handover
-        return protocol
 
 
 PAGE = """<!doctype html>

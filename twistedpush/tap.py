@@ -26,10 +26,10 @@ import twistedpush
 from twistedpush.access import AccessPolicy
 from twistedpush.history import IHistoryStore, MemoryHistory
 from twistedpush.hub import Hub
-from twistedpush.limits import Admission, Limits
+from twistedpush.limits import Limits
 from twistedpush.logs import LOG_FORMATS, JSONLineObserver, TextOut, twistd_log_file
 from twistedpush.notifier import NotifierFactory
-from twistedpush.stats import MIN_KEY_LENGTH, TrackedAdmission, ticker
+from twistedpush.stats import MIN_KEY_LENGTH, admission_for, ticker
 from twistedpush.web import make_site
 
 log = Logger()
@@ -370,7 +370,8 @@ def build_service(
         reactor,
         options["max-subscriptions"],
     )
-    admission = (TrackedAdmission if options["stats-key"] else Admission)(
+    admission = admission_for(
+        options["stats-key"],
         Limits(
             max_connections=options["max-connections"],
             max_connections_per_ip=options["max-connections-per-ip"],
@@ -379,7 +380,7 @@ def build_service(
             allowed_origins=tuple(options["allowed-origin"]),
             trusted_proxies=tuple(options["trusted-proxy"]),
             request_timeout=options["request-timeout"],
-        )
+        ),
     )
     top = NodeService(hub)
     HubService(hub, options["shutdown-timeout"]).setServiceParent(top)

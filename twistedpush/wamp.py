@@ -19,15 +19,13 @@ from typing import Any, Protocol
 from autobahn.wamp import message
 from autobahn.wamp.exception import ProtocolError
 from autobahn.wamp.serializer import JsonObjectSerializer, JsonSerializer
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from twistedpush.errors import PushError, Unavailable
+from twistedpush.errors import PushError
 from twistedpush.history import Update
 from twistedpush.hub import STRICT_JSON, Hub
+from twistedpush.wire import history_failed
 from twistedpush.writes import EncodedOnce, Outbox
-
-log = Logger()
 
 SUBPROTOCOL = "wamp.2.json"
 
@@ -271,10 +269,7 @@ class WampSession:
     def _subscribe_failed(self, failure: Failure, requests: list[int]) -> None:
         """The replay could not be read or ``_since`` is past the server's position;
         the hub has ended the subscription already."""
-        error = failure.value
-        if not isinstance(error, PushError):
-            log.failure("replay for a WAMP subscription failed", failure)
-            error = Unavailable("history is unavailable; try again")
+        error = history_failed(failure, "replay for a WAMP subscription")
         for request in requests:
             self._send(message.Error(message.Subscribe.MESSAGE_TYPE, request, error_uri(error)))
 

@@ -19,8 +19,9 @@ from twisted.web.resource import Resource
 from twisted.web.static import File
 
 from twistedpush.errors import Limit, PushError, TooLarge
+from twistedpush.httputil import finish, refuse
 from twistedpush.hub import Hub
-from twistedpush.limits import TRANSPORTS, Admission, Ticket, address_key
+from twistedpush.limits import TRANSPORTS, Admission, Limits, Ticket, address_key
 from twistedpush.longpoll import PollResource, allow_cross_origin, poll_error
 from twistedpush.publish import PUBLISH_BODY, PublishingOff, PublishResource
 from twistedpush.relay import RelayResource
@@ -32,8 +33,9 @@ from twistedpush.stats import (
     StatsWebSocketFactory,
     TrackedAdmission,
     access_log_line,
+    admission_for,
 )
-from twistedpush.websocket import PushWebSocketFactory
+from twistedpush.websocket import AdmittingFactory, PushWebSocketFactory
 from twistedpush.wire import http_error
 
 
@@ -54,7 +56,7 @@ class UpgradeResource(WebSocketResource):
     its request) until its 60 s idle timer fires: memory per new WebSocket.
     """
 
-    _factory: PushWebSocketFactory | StatsWebSocketFactory
+    _factory: AdmittingFactory
 
     def render(self, request: PushRequest) -> int | bytes:
         channel = request.connection
@@ -145,11 +147,10 @@ class PushHTTPChannel(http.HTTPChannel):
                 self.ticket, forwarded.decode("latin-1") if forwarded else None
             )
         except Limit as e:
-            request.refusal = (503, e)
+            request.refusal = e  # 503
         if declared is not None and declared > request.max_body:
-            request.refusal = (
-                413,
-                TooLarge(f"body is {declared} bytes; at most {request.max_body} are accepted"),
+            request.refusal = TooLarge(  # 413
+                f"body is {declared} bytes; at most {request.max_body} are accepted"
             )
         if request.refusal is not None:
             # Answer now; the rest of the body is read into nothing until the
@@ -209,7 +210,8 @@ class PushRequest(server.Request):
     proxy, and may be refused before it is read."""
 
     max_body = 65536
-    refusal: tuple[int, PushError] | None = None
+    refusal: PushError | None = None
+    """Limit or TooLarge: refused before the body is read."""
     channel: PushHTTPChannel
 
     def __init__(self, channel: PushHTTPChannel, *args: Any, **kwargs: Any) -> None:
@@ -251,15 +253,10 @@ class PushRequest(server.Request):
         if self.refusal is None:
             super().process()
             return
-        status, error = self.refusal
-        self.setResponseCode(status)
-        self.setHeader(b"Content-Type", b"application/json")
-        self.setHeader(b"Cache-Control", b"no-store")
+        error = self.refusal
+        body = refuse(self, error)
         allow_cross_origin(self, self.channel.site.admission)
-        body = poll_error(error) if self.path == b"/poll" else http_error(error)
-        self.setHeader(b"Content-Length", b"%d" % len(body))
-        self.write(body)
-        self.finish()
+        finish(self, poll_error(error) if self.path == b"/poll" else body)
 
 
 PUSH_PATHS = frozenset((b"ws", b"poll", b"sse", b"updates", b"publish", b"health", b"metrics"))
@@ -349,20 +346,20 @@ class Status:
     def counters(self) -> tuple[int, int, int]:
         """Updates in, updates out and slow clients dropped, as report() has them:
         what /stats samples every second, without counting every subscription."""
-        return (
-            self.hub.updates_in,
-            self.hub.updates_out,
-            self.websockets.slow_drops + self.streams.slow_drops,
-        )
+        return self.hub.updates_in, self.hub.updates_out, self.slow_drops()
+
+    def slow_drops(self) -> int:
+        return self.websockets.slow_drops + self.streams.slow_drops
 
     def report(self) -> dict:
         """``status`` is ``ok``, ``degraded`` while some Redis shards are away (the other
         shards' channels work: a load balancer must not take every node out for it), or
         ``unavailable`` when history cannot be reached at all."""
-        store = self.hub.store
-        if store.healthy():
+        healthy = self.hub.store.healthy()
+        stats = self.hub.stats()  # the store's stats with the hub's: read once
+        if healthy:
             status = "ok"
-        elif any(shard["connected"] for shard in store.stats().get("shards", ())):
+        elif any(shard["connected"] for shard in stats.get("shards", ())):
             status = "degraded"
         else:
             status = "unavailable"
@@ -370,9 +367,9 @@ class Status:
             "status": status,
             "connections": {t: self.admission.by_transport[t] for t in TRANSPORTS},
             "uptime": round(self.clock.seconds() - self.started, 3),
-            "slow_client_drops": self.websockets.slow_drops + self.streams.slow_drops,
+            "slow_client_drops": self.slow_drops(),
             "refused": dict(self.admission.refused),
-            **self.hub.stats(),
+            **stats,
         }
 
 
@@ -482,7 +479,7 @@ def make_site(
     """The public site; ``publisher_key`` turns HTTP publishing on, ``django`` (a WSGI
     resource) serves every other path (one-port mode), ``stats_key`` turns /stats on
     (its ``admission`` must then be a TrackedAdmission: /stats counts its tickets)."""
-    admission = admission or (TrackedAdmission() if stats_key else Admission())
+    admission = admission or admission_for(stats_key, Limits())
     websockets = PushWebSocketFactory(
         hub, admission, max_message_size, reactor=clock, wamp_realm=wamp_realm
     )

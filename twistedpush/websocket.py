@@ -367,7 +367,21 @@ class Pinger:
                 connection.ping(judge)
 
 
-class PushWebSocketFactory(WebSocketServerFactory):
+class AdmittingFactory(WebSocketServerFactory):
+    """A factory whose connections take over the admission ticket of the HTTP
+    connection they are upgraded from."""
+
+    admission: Admission
+    handover: Ticket | None = None
+    """The admission ticket of the connection being upgraded (set around it by the resource)."""
+
+    def buildProtocol(self, addr: IAddress | None) -> AdmittedWebSocket:
+        protocol = cast(AdmittedWebSocket, super().buildProtocol(addr))
+        protocol.ticket = self.handover
+        return protocol
+
+
+class PushWebSocketFactory(AdmittingFactory):
     """Frames each update once and hands the same bytes to every subscriber."""
 
     protocol: type[PushWebSocketProtocol] = PushWebSocketProtocol  # type: ignore[assignment]
@@ -388,8 +402,6 @@ class PushWebSocketFactory(WebSocketServerFactory):
         self.outboxes = Outboxes(self.reactor, admission.limits.max_pending_bytes)
         self.slow_drops = 0
         self.pinger = Pinger(self.reactor)
-        self.handover: Ticket | None = None
-        """The admission ticket of the connection being upgraded (set around it by the resource)."""
         self.frame = EncodedOnce(update_frame)
         """The frame of a live update, for every connection."""
         # Larger frames are cut off outright; up to this bound they get a too_large error.
@@ -414,8 +426,3 @@ class PushWebSocketFactory(WebSocketServerFactory):
             if callable(value):
                 options[name] = staticmethod(value)
         self.protocol = type("PushWebSocketProtocol", (PushWebSocketProtocol,), options)
-
-    def buildProtocol(self, addr: IAddress | None) -> PushWebSocketProtocol:  # type: ignore[override]
-        protocol = cast(PushWebSocketProtocol, super().buildProtocol(addr))
-        protocol.ticket = self.handover
-        return protocol

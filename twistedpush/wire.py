@@ -102,16 +102,19 @@ def error_message(error: PushError, channel: Any = None) -> dict:
     }
 
 
-def failed_subscription(failure: Failure, channel: str) -> dict:
-    """The error message for a subscription whose replay failed.
-
-    A refusal keeps its code; anything else (the history store is away) is
-    logged here and shown to the client as ``unavailable``, to be retried.
-    """
+def history_failed(failure: Failure, what: str) -> PushError:
+    """The error for a request whose history read failed: a refusal keeps its code;
+    anything else (the history store is away) is logged here and shown as
+    ``unavailable``, to be retried."""
     if isinstance(failure.value, PushError):
-        return error_message(failure.value, channel)
-    log.failure("replay of {channel} failed", failure, channel=channel)
-    return error_message(Unavailable("history is unavailable; try again"), channel)
+        return failure.value
+    log.failure("{what} failed", failure, what=what)
+    return Unavailable("history is unavailable; try again")
+
+
+def failed_subscription(failure: Failure, channel: str) -> dict:
+    """The error message for a subscription whose replay failed."""
+    return error_message(history_failed(failure, f"replay of {channel}"), channel)
 
 
 def http_error(error: PushError) -> bytes:
