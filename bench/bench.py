@@ -802,12 +802,19 @@ async def latency(peer: Peer, subscribers: int, rate: float, seconds: float) -> 
         await publish("lat", body())
     complete = await wait_for_counts(listeners, count, timeout=30)
     close_all(transports)
-    samples.sort()  # what arrived in time; a peer that falls behind shows it here
+    # What arrived in time; a peer that falls behind shows it here.
+    return {**percentiles(samples), "complete": complete}
+
+
+def percentiles(samples: list[float], prefix: str = "") -> dict:
+    """p50, p99 and max of ``samples`` (seconds) in milliseconds."""
+    if not samples:
+        return {f"{prefix}{k}_ms": None for k in ("p50", "p99", "max")}
+    samples = sorted(samples)
     return {
-        "p50_ms": 1000 * samples[len(samples) // 2],
-        "p99_ms": 1000 * samples[int(len(samples) * 0.99)],
-        "max_ms": 1000 * samples[-1],
-        "complete": complete,
+        f"{prefix}p50_ms": 1000 * samples[len(samples) // 2],
+        f"{prefix}p99_ms": 1000 * samples[int(len(samples) * 0.99)],
+        f"{prefix}max_ms": 1000 * samples[-1],
     }
 
 

@@ -52,6 +52,7 @@ from bench import (  # bench/bench.py, beside this script
     TwistedPush,
     body,
     cpu_seconds,
+    percentiles,
     rss_kib,
     settle,
 )
@@ -323,18 +324,6 @@ async def probe_until(port: int, path: str, stop: asyncio.Event) -> tuple[list[f
     return times, failures
 
 
-def percentiles(samples: list[float], prefix: str) -> dict:
-    """p50, p99 and max of ``samples`` (seconds) in milliseconds."""
-    if not samples:
-        return {f"{prefix}_{k}_ms": None for k in ("p50", "p99", "max")}
-    samples = sorted(samples)
-    return {
-        f"{prefix}_p50_ms": 1000 * samples[len(samples) // 2],
-        f"{prefix}_p99_ms": 1000 * samples[int(len(samples) * 0.99)],
-        f"{prefix}_max_ms": 1000 * samples[-1],
-    }
-
-
 def slices(connections: int, per_process: int) -> list[tuple[int, int]]:
     """(first, count) of each load generator: at least two, each under per_process."""
     workers = min(connections, max(2, math.ceil(connections / per_process)))
@@ -417,13 +406,13 @@ async def crowd(peer: Peer, connections: int, rate: float, seconds: float) -> di
         "published": published,
         "publishes_per_s": published / elapsed,
         "delivered": delivered,
-        **percentiles([t for r in reports for t in r["latencies"]], "delivery"),
+        **percentiles([t for r in reports for t in r["latencies"]], "delivery_"),
         # Every update once, no connection of the crowd lost, every probe answered.
         "complete": delivered == published
         and not any(r["wrong"] or r["lost"] for r in reports)
         and not probe_failures,
         "lost": sum(r["lost"] for r in reports),
-        **percentiles(probe_times, "probe"),
+        **percentiles(probe_times, "probe_"),
         "probes": len(probe_times),
         "probe_failures": probe_failures,
         "cpu_percent": cpu_percent,

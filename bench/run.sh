@@ -7,8 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 
-apt_install redis-server redis-server
-apt_install nginx nginx
+apt_install redis-server redis-server nginx nginx
 if [ ! -e /usr/lib/nginx/modules/ngx_nchan_module.so ]; then
   echo "== installing libnginx-mod-nchan (apt-get)"
   apt-get update -qq

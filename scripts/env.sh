@@ -9,15 +9,20 @@ ensure_venv() {
   fi
 }
 
-# apt_install PACKAGE COMMAND: install a Debian package when COMMAND is missing.
+# apt_install PACKAGE COMMAND [PACKAGE COMMAND ...]: install the Debian packages whose
+# COMMAND is missing, with one apt-get update for all of them.
 apt_install() {
-  if ! command -v "$2" >/dev/null 2>&1; then
-    echo "== installing $1 (apt-get)"
-    local sudo=""
-    [ "$(id -u)" -ne 0 ] && sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$1" >/dev/null
-  fi
+  local missing=()
+  while [ "$#" -ge 2 ]; do
+    command -v "$2" >/dev/null 2>&1 || missing+=("$1")
+    shift 2
+  done
+  [ "${#missing[@]}" -eq 0 ] && return 0
+  echo "== installing ${missing[*]} (apt-get)"
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
 # npm_ci: the npm packages pages use (AutobahnJS for the /wamp/ demo), into ./node_modules

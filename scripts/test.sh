@@ -9,16 +9,12 @@ cd "$(dirname "$0")/.."
 
 # Integration tests start their own redis-server on a free port, and browser tests
 # drive Debian's chromium: both must be installed (tests fail, never skip, without them).
-apt_install redis-server redis-server
-apt_install chromium chromium
-# A Redis shard with its clock moved by libfaketime (tests/test_shards*.py), with a
-# malloc shim the tests compile.
-apt_install faketime faketime
-apt_install gcc gcc
+# faketime and gcc: a Redis shard with its clock moved by libfaketime
+# (tests/test_shards*.py), with a malloc shim the tests compile. nginx and openssl:
 # docs/deploy/'s nginx site is checked with nginx -t and run in front of a push server
-# (tests/test_deploy.py; a self-signed certificate from openssl).
-apt_install nginx nginx
-apt_install openssl openssl
+# (tests/test_deploy.py; a self-signed certificate).
+apt_install redis-server redis-server chromium chromium faketime faketime gcc gcc \
+  nginx nginx openssl openssl
 
 ensure_venv
 npm_ci
