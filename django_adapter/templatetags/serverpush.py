@@ -63,16 +63,12 @@ def serverpush_js(context: template.Context, *channels: str) -> SafeString:
     ``SERVERPUSH_JS_FROM_PUSH_SERVER`` it comes from the push server.
     """
     request = context.get("request")
-    state = getattr(request, "serverpush", None)
-    since = state.since if state is not None else None
-    names = [channel for channel, _ in state.channels] if state is not None else []
-    names += [c for c in channels if c not in names]
+    since, subscriptions = _page_subscriptions(context, channels)
     config = {
         "url": push_url(request),
         "since": since,
-        "subscriptions": [{"channel": c, "token": token_for(context, c)} for c in names],
+        "subscriptions": [{"channel": c, "token": t} for c, t in subscriptions],
     }
-    payload = json.dumps(config).replace("<", "\\u003c").replace(">", "\\u003e")
     if settings.JS_FROM_PUSH_SERVER:
         script = f"{config['url']}/static/serverpush.js"
     else:
@@ -82,9 +78,26 @@ def serverpush_js(context: template.Context, *channels: str) -> SafeString:
         "<script>window.SERVERPUSH_CONFIG = {};</script>\n"
         '<script src="{}"></script>',
         "" if since is None else since,
-        mark_safe(payload),
+        _script_json(config),
         script,
     )
+
+
+def _page_subscriptions(
+    context: template.Context, channels: tuple[str, ...]
+) -> tuple[int | None, list[tuple[str, str | None]]]:
+    """The page's position, and its ``<view>_update`` channels then ``channels`` (each
+    once), with their tokens."""
+    state = getattr(context.get("request"), "serverpush", None)
+    names = [channel for channel, _ in state.channels] if state is not None else []
+    names += [c for c in channels if c not in names]
+    since = state.since if state is not None else None
+    return since, [(c, token_for(context, c)) for c in names]
+
+
+def _script_json(config: dict) -> SafeString:
+    """``config`` as JSON that cannot end the <script> it is written in."""
+    return mark_safe(json.dumps(config).replace("<", "\\u003c").replace(">", "\\u003e"))
 
 
 def websocket_url(push: str) -> str:
@@ -103,15 +116,11 @@ def serverpush_wamp_config(context: template.Context, *channels: str) -> SafeStr
     last ``details.publication`` it saw, else ``since``). The realm is
     ``SERVERPUSH_WAMP_REALM``, which runserverpush passes on as ``--wamp-realm``.
     """
-    request = context.get("request")
-    state = getattr(request, "serverpush", None)
-    names = [channel for channel, _ in state.channels] if state is not None else []
-    names += [c for c in channels if c not in names]
+    since, subscriptions = _page_subscriptions(context, channels)
     config = {
-        "url": websocket_url(push_url(request)),
+        "url": websocket_url(push_url(context.get("request"))),
         "realm": settings.WAMP_REALM,
-        "since": state.since if state is not None else None,
-        "subscriptions": [{"topic": c, "token": token_for(context, c)} for c in names],
+        "since": since,
+        "subscriptions": [{"topic": c, "token": t} for c, t in subscriptions],
     }
-    payload = json.dumps(config).replace("<", "\\u003c").replace(">", "\\u003e")
-    return format_html("<script>window.SERVERPUSH_WAMP = {};</script>", mark_safe(payload))
+    return format_html("<script>window.SERVERPUSH_WAMP = {};</script>", _script_json(config))
