@@ -105,7 +105,13 @@ class _Wait(Held):
             )
 
     def _from_horizon(self, replay: Replay, token: str | None) -> None:
-        if not self.done:
+        """The oldest update held is the answer, read once; with none held, wait for
+        the next from the channel's horizon."""
+        if self.done:
+            return
+        if replay.updates:
+            self.send_update(replay.updates[0])
+        else:
             self._subscribe(replay.horizon if replay.reset else 0, token)
 
     def _subscribe(self, since: int, token: str | None) -> None:
