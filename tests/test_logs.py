@@ -274,7 +274,14 @@ def test_runserverpush_writes_djangos_request_log_as_json_lines(tmp_path):
             )
         finally:
             process.send_signal(signal.SIGTERM)
-            process.wait(20)
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                raise AssertionError(  # noqa: B904 (what it logged says more than the wait)
+                    "runserverpush did not stop on SIGTERM; it logged:\n" + log.read_text()[-4000:]
+                )
     [request] = [line for line in lines if line["namespace"] == "django.request"]
     assert request["level"] == "warn" and request["message"] == "Not Found: /no-such-page"
     assert request["fields"]["status_code"] == 404
