@@ -70,15 +70,21 @@ def proc_children(pid: int) -> list[int]:
     return [int(p) for p in out.stdout.split()]
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0.0
+def cpu_split(pids: list[int]) -> tuple[float, float]:
+    """CPU seconds used by ``pids`` so far: (in user space, in the kernel)."""
+    user = kernel = 0.0
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+        user += int(fields[11]) / os.sysconf("SC_CLK_TCK")
+        kernel += int(fields[12]) / os.sysconf("SC_CLK_TCK")
+    return user, kernel
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    return sum(cpu_split(pids))
 
 
 def rss_kib(pids: list[int]) -> int:
@@ -775,16 +781,18 @@ async def fan_out(
     own publisher (AMP for twistedpush whatever the subscribers speak)."""
     transports, listeners = await SUBSCRIBERS[kind](peer, subscribers, "fan")
     publishers = [await peer.publisher() for _ in range(in_flight)]
-    cpu0 = cpu_seconds(peer.pids())
+    user0, kernel0 = cpu_split(peer.pids())
     start = time.perf_counter()
     sent = await publish_all(publishers, ["fan"] * publishes)
     complete = await wait_for_counts(listeners, sent, timeout=DRAIN_FOR)
     elapsed = time.perf_counter() - start
-    cpu = cpu_seconds(peer.pids()) - cpu0
+    user, kernel = cpu_split(peer.pids())
+    user, kernel = user - user0, kernel - kernel0
     delivered = sum(listener.count for listener in listeners)
     close_all(transports)
-    return {"deliveries_per_s": delivered / elapsed, "cpu_percent": 100 * cpu / elapsed,
-            "published": sent, "complete": complete}  # fmt: skip
+    return {"deliveries_per_s": delivered / elapsed, "cpu_percent": 100 * (user + kernel) / elapsed,
+            "kernel_cpu_percent": 100 * kernel / elapsed, "published": sent,
+            "complete": complete}  # fmt: skip
 
 
 async def latency(peer: Peer, subscribers: int, rate: float, seconds: float) -> dict:
@@ -1005,7 +1013,7 @@ async def settle(peer: Peer, timeout: float = 120) -> None:
         used = now
 
 
-async def run_peer(peer: Peer, size: dict) -> dict:
+async def run_peer(peer: Peer, size: dict, only: list[str] | None = None) -> dict:
     """Every scenario against one freshly started server; many channels (and with
     it idle memory) first, so that no earlier phase's freed memory is reused. A
     scenario that fails is recorded as such and the next one runs."""
@@ -1029,6 +1037,8 @@ async def run_peer(peer: Peer, size: dict) -> dict:
     ]  # fmt: skip
     if peer.scenarios is not None:
         scenarios = [(name, run) for name, run in scenarios if name in peer.scenarios]
+    if only is not None:
+        scenarios = [(name, run) for name, run in scenarios if name in only]
     results: dict = {}
     for name, run in scenarios:
         print(f"[{peer.name}] {name}", flush=True)
@@ -1237,6 +1247,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: check the harness")
     parser.add_argument("--only", nargs="*", help="peers to run (default: all)")
+    parser.add_argument("--scenarios", nargs="*", help="scenarios to run (default: all)")
     args = parser.parse_args()
     size_name = "smoke" if args.smoke else "full"
     size = SIZES[size_name]
@@ -1270,7 +1281,7 @@ def main() -> None:
                                                     "complete": False}}  # fmt: skip
                     continue
                 try:
-                    results[peer.name] = uvloop.run(run_peer(peer, size))
+                    results[peer.name] = uvloop.run(run_peer(peer, size, args.scenarios))
                 finally:
                     peer.stop()
                 RESULTS.mkdir(exist_ok=True)
@@ -1278,7 +1289,8 @@ def main() -> None:
         finally:
             redis.stop()
     RESULTS.mkdir(exist_ok=True)
-    suffix = "-smoke" if args.smoke else ""
+    # A run of some peers or scenarios must not overwrite the full run's report.
+    suffix = ("-smoke" if args.smoke else "") + ("-partial" if args.only or args.scenarios else "")
     text = report(results, size_name, time.monotonic() - began)
     (RESULTS / f"results{suffix}.md").write_text(text)
     chart(results, RESULTS / f"bench{suffix}.png")

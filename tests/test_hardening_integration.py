@@ -3,6 +3,7 @@
 import base64
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -157,6 +158,10 @@ def test_connection_cap_per_address_and_metrics(push_server):
     assert 'twistedpush_connections{transport="http"} 1' in text  # this request
     assert 'twistedpush_refused_total{reason="limit"} 1' in text
     assert "# TYPE twistedpush_updates_in_total counter" in text
+    assert 'twistedpush_gc_collections_total{generation="2"}' in text
+    # What start-up made is out of the collector's reach: full collections are shorter.
+    frozen = re.search(r"^twistedpush_gc_frozen_objects (\d+)$", text, re.M)
+    assert frozen and int(frozen.group(1)) > 10_000
 
 
 def http_exchange(port: int, request: bytes, timeout: float = 5) -> bytes:

@@ -334,3 +334,40 @@ def test_after_a_late_reactor_turn_every_due_group_is_pinged_and_none_dropped():
     assert len(pings) == 2 and mute.closed is None  # pinged again, not judged
     advance(clock, pump, 2 * PING_INTERVAL, step=0.25)
     assert mute.closed == 1006  # turns on time: no answer, dropped
+
+
+class Silent(Client):
+    """A client that never answers the server's closing handshake."""
+
+    def sendCloseFrame(self, *args, **kwargs):
+        pass
+
+
+def test_opening_a_connection_arms_no_timer_of_autobahns():
+    """The HTTP request deadline covers the handshake, answered as soon as the request
+    is whole: Autobahn's own opening timer (a linear search per connection in its
+    batched timer) is not armed."""
+    clock = make_clock()
+    site = make_site(make_hub(clock, public=("*",)), clock)
+    factory = site.resource.children[b"ws"]._factory
+    armed = []
+    call_later = factory._batched_timer.call_later
+    factory._batched_timer.call_later = lambda *a, **k: (armed.append(a), call_later(*a, **k))[1]
+    clients = [open_client(site, clock, Client) for _ in range(3)]
+    assert all(client.state == client.STATE_OPEN for client, _ in clients)
+    assert armed == []
+
+
+def test_a_client_that_does_not_answer_the_close_is_dropped_on_the_nodes_clock():
+    """The closing handshake's timeout runs on the node's reactor (here the test's
+    clock), not on a timer of Autobahn's own."""
+    clock = make_clock()
+    site = make_site(make_hub(clock, public=("*",)), clock)
+    silent, pump = open_client(site, clock, Silent)
+    server = pump.serverIO.protocol
+    server.going_away()
+    pump.flush()
+    assert silent.closed is None and not pump.serverIO.disconnected
+    clock.advance(server.closeHandshakeTimeout + 0.1)
+    pump.flush()
+    assert pump.serverIO.disconnected and silent.closed is not None

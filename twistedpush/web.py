@@ -4,6 +4,7 @@ push-relay long-poll, health, metrics and the client script; in one-port mode
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -369,6 +370,10 @@ class Status:
             "uptime": round(self.clock.seconds() - self.started, 3),
             "slow_client_drops": self.slow_drops(),
             "refused": dict(self.admission.refused),
+            # A full collection (generation 2) stops the node for a time that grows
+            # with what connections and history hold: the latency tail's first suspect.
+            "gc_collections": {str(g): s["collections"] for g, s in enumerate(gc.get_stats())},
+            "gc_frozen_objects": gc.get_freeze_count(),
             **stats,
         }
 
@@ -404,7 +409,11 @@ METRICS = [
     ("history_channels", "gauge", "Channels with stored history.", "history_channels"),
     ("history_updates", "gauge", "Updates kept in history.", "history_updates"),
     ("uptime_seconds", "gauge", "Seconds since the node started.", "uptime"),
-]
+    ("gc_collections_total", "counter", "Garbage collections by generation (2: full).",
+     "gc_collections"),
+    ("gc_frozen_objects", "gauge", "Objects put out of the collector's reach at start-up.",
+     "gc_frozen_objects"),
+]  # fmt: skip
 
 # Per Redis shard (label ``shard``, its number in the --redis list, and ``address``):
 # name, type, help, field of the report's ``shards`` entries.
@@ -428,7 +437,7 @@ def prometheus(report: dict) -> str:
         lines += [f"# HELP {metric} {text}", f"# TYPE {metric} {kind}"]
         value = report[key]
         if isinstance(value, dict):
-            label = "transport" if key == "connections" else "reason"
+            label = {"connections": "transport", "gc_collections": "generation"}.get(key, "reason")
             lines += [f'{metric}{{{label}="{k}"}} {v}' for k, v in sorted(value.items())]
         else:
             lines.append(f"{metric} {value}")

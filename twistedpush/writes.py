@@ -158,7 +158,11 @@ class Outbox:
     def __init__(self, sink: Sink, group: Outboxes) -> None:
         self.sink = sink
         self.group = group
-        self.items: list[bytes | PendingReplay] | None = None
+        self.items: bytes | list[bytes | PendingReplay] | None = None
+        """What waits: one chunk on its own, or a list. A list per subscriber per update
+        would be the only container fan-out makes; alive in their thousands whenever
+        the collector runs, they got promoted to the oldest generation and set off a
+        full collection (tens of ms with many connections) every few seconds."""
         self.queued = 0
         """Bytes waiting (a replay not yet encoded is history's, not ours)."""
         self.replays = 0
@@ -179,11 +183,13 @@ class Outbox:
         self.queued += len(data)
         items = self.items
         if items is None:
-            self.items = [data]
+            self.items = data
             if not self.paused:
                 self._mark_dirty()
+        elif type(items) is bytes:
+            self.items = [items, data]
         else:
-            items.append(data)
+            cast(list, items).append(data)
 
     def replay(self, updates: Sequence[Update], encode: Callable[[Update], bytes]) -> None:
         """Queue a channel's replay, to be encoded with ``encode`` as the client reads."""
@@ -191,19 +197,22 @@ class Outbox:
             return
         replay = PendingReplay(updates, encode)
         self.replays += 1
-        if self.items is None:
+        items = self.items
+        if items is None:
             self.items = [replay]
             if not self.paused:
                 self._mark_dirty()
+        elif type(items) is bytes:
+            self.items = [items, replay]
         else:
-            self.items.append(replay)
+            cast(list, items).append(replay)
 
     def discard(self, channel: str) -> None:
         """The subscription to ``channel`` ended (or was replaced): its replay's unsent
         part goes, rather than wait for a client that re-subscribes again and again."""
         items = self.items
-        if not self.replays or not items:
-            return
+        if not self.replays or not isinstance(items, list):
+            return  # (a replay waiting makes what waits a list)
         kept = [i for i in items if not (isinstance(i, PendingReplay) and i.channel == channel)]
         self.replays -= len(items) - len(kept)
         self.items = kept or None
@@ -224,12 +233,14 @@ class Outbox:
             self.close()
             return
         if self.replays:
-            self._flush_replaying(items)
+            self._flush_replaying(cast(list, items))
             return
         self.items = None
         self.queued = 0
-        data = cast(list[bytes], items)  # no replay among them
-        self.sink.write_out(data[0] if len(data) == 1 else b"".join(data))
+        if type(items) is bytes:
+            self.sink.write_out(items)
+        else:
+            self.sink.write_out(b"".join(cast(list[bytes], items)))  # no replay among them
 
     def _flush_replaying(self, items: list[bytes | PendingReplay]) -> None:
         """Write about REPLAY_CHUNK bytes, encoding replays as they come; the rest

@@ -14,7 +14,7 @@ from django_adapter.conf import settings
 from django_adapter.signals import DjangoPresence
 from django_adapter.updates import glob_opens_groups
 from twistedpush.logs import ForwardedRecords, JSONLineObserver
-from twistedpush.tap import Options, build_service, check_ports
+from twistedpush.tap import Options, build_service, check_ports, tune_collector
 
 REPEATABLE = {
     "public": "PUBLIC",
@@ -164,4 +164,5 @@ class Command(BaseCommand):
         except Exception as e:
             raise CommandError(f"cannot start the push server: {e}") from None
         reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+        tune_collector(reactor)
         reactor.run()
