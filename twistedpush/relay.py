@@ -30,7 +30,7 @@ from twistedpush.hub import Hub
 from twistedpush.limits import Admission
 from twistedpush.longpoll import Cors, Held, allow_cross_origin, count_until_sent, preflight
 from twistedpush.wire import history_failed, reset_message
-from twistedpush.writes import EncodedOnce
+from twistedpush.writes import encoded_once
 
 if TYPE_CHECKING:
     from twistedpush.web import PushRequest
@@ -209,7 +209,7 @@ class RelayResource(Resource):
         self.hub = hub
         self.clock = clock
         self.admission = admission
-        self.body = EncodedOnce(lambda update: update.data.encode())
+        self.body = encoded_once(lambda update: update.data.encode())
         """The answer's body for an update, for every request waiting on its channel."""
 
     def render_OPTIONS(self, request: Request) -> bytes:

@@ -36,7 +36,7 @@ from twistedpush.wire import (
     sse_event,
     subscribed_message,
 )
-from twistedpush.writes import EncodedOnce, Outbox, Outboxes, write_now
+from twistedpush.writes import Outbox, Outboxes, encoded_once, write_now
 
 if TYPE_CHECKING:
     from twistedpush.web import PushRequest
@@ -187,7 +187,7 @@ class SSEResource(Resource):
         self.outboxes = Outboxes(clock, admission.limits.max_pending_bytes)
         self.streams: set[_Stream] = set()
         self.slow_drops = 0
-        self.event = EncodedOnce(update_event)
+        self.event = encoded_once(update_event)
         """The event of a live update, for every stream."""
         self._keepalive = LoopingCall(self._keep_alive)
         self._keepalive.clock = clock

@@ -25,7 +25,7 @@ from twistedpush.errors import PushError
 from twistedpush.history import Update
 from twistedpush.hub import STRICT_JSON, Hub
 from twistedpush.wire import history_failed
-from twistedpush.writes import EncodedOnce, Outbox
+from twistedpush.writes import Outbox, encoded_once
 
 SUBPROTOCOL = "wamp.2.json"
 
@@ -120,7 +120,7 @@ class Broker:
         self._channels: dict[int, str] = {}
         self._users: dict[str, int] = {}
         self._next_id = 0
-        self.event = EncodedOnce(self.replay_event)
+        self.event = encoded_once(self.replay_event)
         """The EVENT frame of a live update, for every session."""
 
     def acquire(self, channel: str) -> None:

@@ -30,7 +30,7 @@ from twistedpush.wire import (
     reset_message,
     subscribed_message,
 )
-from twistedpush.writes import EncodedOnce, Outbox, Outboxes, write_now
+from twistedpush.writes import Outbox, Outboxes, encoded_once, write_now
 
 log = Logger()
 
@@ -426,7 +426,7 @@ class PushWebSocketFactory(AdmittingFactory):
         self.outboxes = Outboxes(self.reactor, admission.limits.max_pending_bytes)
         self.slow_drops = 0
         self.pinger = Pinger(self.reactor)
-        self.frame = EncodedOnce(update_frame)
+        self.frame = encoded_once(update_frame)
         """The frame of a live update, for every connection."""
         # Larger frames are cut off outright; up to this bound they get a too_large error.
         hard_limit = max(65536, 4 * max_message_size)

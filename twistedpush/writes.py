@@ -74,22 +74,22 @@ class PendingReplay:
         return out, size, position == len(updates)
 
 
-class EncodedOnce:
-    """A transport's bytes for an update, made once per update: fan-out asks every
-    subscriber of one transport for the same update in a row."""
+def encoded_once(encode: Callable[[Update], bytes]) -> Callable[[Update], bytes]:
+    """``encode``, remembering its last answer: fan-out asks every subscriber of one
+    transport for the same update in a row. (A closure, not an object with
+    ``__call__``: it is called once per subscriber per update, and calling a plain
+    function costs Python less.)"""
+    last: Update | None = None
+    data = b""
 
-    __slots__ = ("data", "encode", "update")
+    def encoded(update: Update) -> bytes:
+        nonlocal last, data
+        if update is not last:
+            data = encode(update)
+            last = update
+        return data
 
-    def __init__(self, encode: Callable[[Update], bytes]) -> None:
-        self.encode = encode
-        self.update: Update | None = None
-        self.data = b""
-
-    def __call__(self, update: Update) -> bytes:
-        if update is not self.update:
-            self.data = self.encode(update)
-            self.update = update
-        return self.data
+    return encoded
 
 
 class Sink(Protocol):
@@ -184,12 +184,13 @@ class Outbox:
         items = self.items
         if items is None:
             self.items = data
-            if not self.paused:
-                self._mark_dirty()
-        elif type(items) is bytes:
+            if not self.paused and not self.dirty:  # _mark_dirty, inline: once per update
+                self.dirty = True
+                self.group.mark_dirty(self)
+        elif isinstance(items, bytes):
             self.items = [items, data]
         else:
-            cast(list, items).append(data)
+            items.append(data)
 
     def replay(self, updates: Sequence[Update], encode: Callable[[Update], bytes]) -> None:
         """Queue a channel's replay, to be encoded with ``encode`` as the client reads."""
@@ -202,10 +203,10 @@ class Outbox:
             self.items = [replay]
             if not self.paused:
                 self._mark_dirty()
-        elif type(items) is bytes:
+        elif isinstance(items, bytes):
             self.items = [items, replay]
         else:
-            cast(list, items).append(replay)
+            items.append(replay)
 
     def discard(self, channel: str) -> None:
         """The subscription to ``channel`` ended (or was replaced): its replay's unsent
@@ -237,7 +238,7 @@ class Outbox:
             return
         self.items = None
         self.queued = 0
-        if type(items) is bytes:
+        if isinstance(items, bytes):
             self.sink.write_out(items)
         else:
             self.sink.write_out(b"".join(cast(list[bytes], items)))  # no replay among them
