@@ -101,7 +101,8 @@ def rss_kib(pids: list[int]) -> int:
 
 # Servers
 
-V1_SCENARIOS = ("many", "fanout_1", "fanout_8", "fanout_32", "latency", "catch_up", "publisher")
+V1_SCENARIOS = ("many", "fanout_1", "fanout_8", "fanout_32", "latency", "latency_low", "catch_up",
+                "publisher")  # fmt: skip
 """What every WebSocket peer runs; WAMP, SSE and HTTP publishing only where they are spoken."""
 
 
@@ -992,11 +993,11 @@ print(rate(single, 1), rate(batched, 500) if batched else "nan")
 
 SIZES = {
     "full": {"fan_subs": 1000, "fan_publishes": 300, "lat_subs": 1000, "lat_rate": 200,
-             "lat_seconds": 10, "many": 10000, "catch_clients": 1000, "catch_backlog": 100,
-             "pub_seconds": 5, "rate_seconds": 3},
+             "lat_low_rate": 20, "lat_seconds": 10, "many": 10000, "catch_clients": 1000,
+             "catch_backlog": 100, "pub_seconds": 5, "rate_seconds": 3},
     "smoke": {"fan_subs": 20, "fan_publishes": 20, "lat_subs": 20, "lat_rate": 50,
-              "lat_seconds": 1, "many": 50, "catch_clients": 10, "catch_backlog": 10,
-              "pub_seconds": 0.5, "rate_seconds": 0.3},
+              "lat_low_rate": 10, "lat_seconds": 1, "many": 50, "catch_clients": 10,
+              "catch_backlog": 10, "pub_seconds": 0.5, "rate_seconds": 0.3},
 }  # fmt: skip
 """fan_publishes is per 4 in flight (at 32 in flight: 8 times as many); rate_seconds is
 one round of the publish scenario (PUBLISHER_ROUNDS of them for each kind)."""
@@ -1033,6 +1034,9 @@ async def run_peer(peer: Peer, size: dict, only: list[str] | None = None) -> dic
             for kind in ("wamp", "sse")
         ),
         ("latency", lambda: latency(peer, size["lat_subs"], size["lat_rate"], size["lat_seconds"])),
+        # A rate every server here keeps up with: latency without a queue.
+        ("latency_low", lambda: latency(
+            peer, size["lat_subs"], size["lat_low_rate"], size["lat_seconds"])),
         ("catch_up", lambda: catch_up(peer, size["catch_clients"], size["catch_backlog"])),
         ("publisher", lambda: asyncio.to_thread(django_publisher, peer, size["pub_seconds"])),
         ("publish_32", lambda: publish_rate(
@@ -1115,6 +1119,9 @@ ROWS = [
     Row("latency at 200/s: p99 ms", lambda r: r["latency"]["p99_ms"]),
     Row("latency at 200/s: max ms", lambda r: r["latency"]["max_ms"]),
     Row("latency at 200/s: publishes/s let through", lambda r: r["latency"]["published_per_s"]),
+    Row("latency at 20/s: p50 ms", lambda r: r["latency_low"]["p50_ms"]),
+    Row("latency at 20/s: p99 ms", lambda r: r["latency_low"]["p99_ms"]),
+    Row("latency at 20/s: max ms", lambda r: r["latency_low"]["max_ms"]),
     Row("many channels: deliveries/s", lambda r: r["many"]["deliveries_per_s"]),
     Row("many channels: connect all (s)", lambda r: r["many"]["connect_s"]),
     Row("idle RSS per WebSocket (KiB)", lambda r: r["many"]["idle_kib_per_connection"]),
@@ -1146,7 +1153,8 @@ def sizes_note(size: dict) -> str:
         f"channel, {fan:,} / {fan * 2:,} / {fan * 8:,} publishes at 1 / 8 / 32 in flight (WAMP "
         f"and SSE: 32 in flight only; twistedpush publishes over AMP for every kind of "
         f"subscriber, Crossbar.io with WAMP PUBLISH and acknowledge, the others with HTTP "
-        f"POSTs); latency {size['lat_subs']:,} subscribers at {size['lat_rate']} publishes/s "
+        f"POSTs); latency {size['lat_subs']:,} subscribers at {size['lat_rate']} and at "
+        f"{size['lat_low_rate']} publishes/s "
         f"for {size['lat_seconds']} s; many channels {size['many']:,} connections; catch-up "
         f"{size['catch_clients']:,} clients each replaying {size['catch_backlog']} updates; "
         f"publisher from Django: one call at a time, median of {PUBLISHER_ROUNDS} rounds of "
