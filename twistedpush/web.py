@@ -343,11 +343,20 @@ class Status:
         self.websockets = websockets
         self.streams = streams
         self.started = clock.seconds()
+        self._frozen: int | None = None
 
     def counters(self) -> tuple[int, int, int]:
         """Updates in, updates out and slow clients dropped, as report() has them:
         what /stats samples every second, without counting every subscription."""
         return self.hub.updates_in, self.hub.updates_out, self.slow_drops()
+
+    def frozen_objects(self) -> int:
+        """What start-up froze (tap.tune_collector), counted at the first report after:
+        Python counts them by walking them all, half the node's time with /health
+        asked ten times a second (py-spy, bench/crowd.py)."""
+        if self._frozen is None:
+            self._frozen = gc.get_freeze_count()
+        return self._frozen
 
     def slow_drops(self) -> int:
         return self.websockets.slow_drops + self.streams.slow_drops
@@ -373,7 +382,7 @@ class Status:
             # A full collection (generation 2) stops the node for a time that grows
             # with what connections and history hold: the latency tail's first suspect.
             "gc_collections": {str(g): s["collections"] for g, s in enumerate(gc.get_stats())},
-            "gc_frozen_objects": gc.get_freeze_count(),
+            "gc_frozen_objects": self.frozen_objects(),
             **stats,
         }
 

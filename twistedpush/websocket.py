@@ -371,8 +371,9 @@ class ReactorTimer:
     """Autobahn's per-connection timers as plain reactor calls.
 
     txaio's batched timer, Autobahn's default, files every call of one second in
-    one list and cancels by searching it: a connection storm made that search a
-    fifth of the cost of a connection (py-spy, 10,000 connections).
+    one list and cancels by searching it: with 10,000 browsers connecting, the
+    search of the opening handshake's timer was about a sixth of the node's time
+    (py-spy), and stopping the node searched once per open connection.
     """
 
     def __init__(self, clock: IReactorTime) -> None:
