@@ -1034,7 +1034,7 @@ async def run_peer(peer: Peer, size: dict, only: list[str] | None = None) -> dic
             for kind in ("wamp", "sse")
         ),
         ("latency", lambda: latency(peer, size["lat_subs"], size["lat_rate"], size["lat_seconds"])),
-        # A rate every server here keeps up with: latency without a queue.
+        # A rate twistedpush and Nchan keep up with: latency without a queue.
         ("latency_low", lambda: latency(
             peer, size["lat_subs"], size["lat_low_rate"], size["lat_seconds"])),
         ("catch_up", lambda: catch_up(peer, size["catch_clients"], size["catch_backlog"])),

@@ -19,7 +19,7 @@ subscribe all N, delivery latency (p50/p99/max; each body carries its
 time.monotonic() send time, a clock every process on the machine shares), whether
 every update arrived exactly once, the probe's response times, and the server's CPU
 while publishing; with ratios twistedpush / Nchan. Results: bench/results/crowd.md
-(crowd-smoke.md for --smoke).
+(crowd-smoke.md for --smoke, crowd-partial.md for --only).
 
 One process holds N connections plus its listening sockets, logs and probes: if the
 file limit allows fewer, the run stops before connecting anyone and says how many fit.
@@ -529,7 +529,9 @@ def main() -> None:
             print(f"[{peer.name}]   {results[peer.name]}", flush=True)
     text = report(results, args, command, load)
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"crowd{'-smoke' if args.smoke else ''}.md"
+    # A run of one server must not overwrite the full run's report.
+    suffix = ("-smoke" if args.smoke else "") + ("-partial" if args.only else "")
+    path = RESULTS / f"crowd{suffix}.md"
     path.write_text(text)
     print(text.split("\nRaw results:")[0])
     print(f"written to {path}")

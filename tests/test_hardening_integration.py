@@ -258,3 +258,13 @@ def test_a_notifier_peer_that_does_not_read_its_answers_is_not_read_either(push_
     assert grown < 6_000, f"server grew {grown} KiB for a peer that reads nothing ({sent} sent)"
     with PushClient(port=server.notifier_port, key="k") as publisher:
         assert publisher.current_timestamp() > 0  # and serves others meanwhile
+
+
+def test_ws_is_no_open_redirect(push_server):
+    """Autobahn's status page answered GET /ws?redirect=URL with a 303 to any URL."""
+    server = push_server("--public", "*")
+    answer = http_exchange(
+        server.port,
+        b"GET /ws?redirect=http://evil.example/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    assert answer.startswith(b"HTTP/1.1 426") and b"evil.example" not in answer

@@ -343,19 +343,24 @@ class Silent(Client):
         pass
 
 
-def test_opening_a_connection_arms_no_timer_of_autobahns():
-    """The HTTP request deadline covers the handshake, answered as soon as the request
-    is whole: Autobahn's own opening timer (a linear search per connection in its
-    batched timer) is not armed."""
+def test_the_opening_handshake_timer_runs_on_the_nodes_clock_and_is_cancelled():
+    """Autobahn's opening timer is a reactor call, cancelled once the connection is
+    open (txaio's batched timer cancelled by a linear search per connection)."""
     clock = make_clock()
     site = make_site(make_hub(clock, public=("*",)), clock)
     factory = site.resource.children[b"ws"]._factory
     armed = []
     call_later = factory._batched_timer.call_later
-    factory._batched_timer.call_later = lambda *a, **k: (armed.append(a), call_later(*a, **k))[1]
+
+    def recorded(*args, **kwargs):
+        armed.append(call_later(*args, **kwargs))
+        return armed[-1]
+
+    factory._batched_timer.call_later = recorded
     clients = [open_client(site, clock, Client) for _ in range(3)]
     assert all(client.state == client.STATE_OPEN for client, _ in clients)
-    assert armed == []
+    assert len(armed) == 3 and not any(call.active() for call in armed)
+    assert not set(armed) & set(clock.getDelayedCalls())
 
 
 def test_a_client_that_does_not_answer_the_close_is_dropped_on_the_nodes_clock():

@@ -175,3 +175,20 @@ def test_fan_out_makes_no_container_per_subscriber():
     assert made < 100
     group._flush()
     assert all(box.sink.written == [b"update"] for box in boxes)
+
+
+def test_an_empty_write_does_not_hold_back_what_follows():
+    clock = make_clock()
+    group = Outboxes(clock, 1 << 20)
+    box = Outbox(Sink(), group)
+    box.send(b"")
+    group._flush()
+    box.send(b"update")
+    group._flush()
+    assert b"".join(box.sink.written) == b"update"
+    box.pauseProducing()
+    box.send(b"")
+    box.resumeProducing()
+    box.send(b"next")
+    group._flush()
+    assert b"".join(box.sink.written) == b"updatenext"

@@ -373,7 +373,8 @@ class ReactorTimer:
     txaio's batched timer, Autobahn's default, files every call of one second in
     one list and cancels by searching it: with 10,000 browsers connecting, the
     search of the opening handshake's timer was about a sixth of the node's time
-    (py-spy), and stopping the node searched once per open connection.
+    (py-spy), and stopping the node searched once per open connection. A
+    reactor call is cancelled at once.
     """
 
     def __init__(self, clock: IReactorTime) -> None:
@@ -385,10 +386,10 @@ class ReactorTimer:
 
 class AdmittingFactory(WebSocketServerFactory):
     """A factory whose connections take over the admission ticket of the HTTP
-    connection they are upgraded from.
+    connection they are upgraded from, with Autobahn's timers on the reactor.
 
-    Autobahn's opening handshake timeout is off: the HTTP channel's request deadline
-    covers the handshake, which is answered as soon as the request is whole.
+    Autobahn's status page is off: it answered a plain GET of ``/ws?redirect=URL``
+    with a redirect to any URL (an open redirect on the site's own origin).
     """
 
     admission: Admission
@@ -398,7 +399,7 @@ class AdmittingFactory(WebSocketServerFactory):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._batched_timer = ReactorTimer(self.reactor)
-        self.setProtocolOptions(openHandshakeTimeout=0)
+        self.setProtocolOptions(webStatus=False)
 
     def buildProtocol(self, addr: IAddress | None) -> AdmittedWebSocket:
         protocol = cast(AdmittedWebSocket, super().buildProtocol(addr))

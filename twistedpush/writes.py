@@ -228,7 +228,7 @@ class Outbox:
         unless the transport is paused (then :meth:`resumeProducing` asks again)."""
         self.dirty = False
         items = self.items
-        if not items or self.paused:
+        if items is None or self.paused:
             return
         if not self.sink.writable():
             self.close()
@@ -296,7 +296,7 @@ class Outbox:
         """The transport's buffer drained: write what waited, now."""
         self.paused = False
         self._cancel_stall()
-        if self.items:
+        if self.items is not None:
             self.flush()
 
     def stopProducing(self) -> None:
