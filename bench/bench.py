@@ -1115,13 +1115,10 @@ ROWS = [
         lambda r: r["sse_fanout_32"]["deliveries_per_s"]),
     Row("SSE fan-out / WebSocket fan-out, 32 in flight",
         _per("sse_fanout_32", "deliveries_per_s", "fanout_32", "deliveries_per_s"), True),
-    Row("latency at 200/s: p50 ms", lambda r: r["latency"]["p50_ms"]),
-    Row("latency at 200/s: p99 ms", lambda r: r["latency"]["p99_ms"]),
-    Row("latency at 200/s: max ms", lambda r: r["latency"]["max_ms"]),
+    *(Row(f"latency at {rate}: {key} ms", lambda r, s=scenario, k=key: r[s][f"{k}_ms"])
+      for scenario, rate in (("latency", "200/s"), ("latency_low", "20/s"))
+      for key in ("p50", "p99", "max")),
     Row("latency at 200/s: publishes/s let through", lambda r: r["latency"]["published_per_s"]),
-    Row("latency at 20/s: p50 ms", lambda r: r["latency_low"]["p50_ms"]),
-    Row("latency at 20/s: p99 ms", lambda r: r["latency_low"]["p99_ms"]),
-    Row("latency at 20/s: max ms", lambda r: r["latency_low"]["max_ms"]),
     Row("many channels: deliveries/s", lambda r: r["many"]["deliveries_per_s"]),
     Row("many channels: connect all (s)", lambda r: r["many"]["connect_s"]),
     Row("idle RSS per WebSocket (KiB)", lambda r: r["many"]["idle_kib_per_connection"]),

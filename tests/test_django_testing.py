@@ -187,8 +187,8 @@ class Listener:
             count += 1
 
 
-class Disabled(TransactionTestCase):
-    """SERVERPUSH_ENABLED = False: no socket to the push server, nothing logged."""
+class ListeningInsteadOfAServer:
+    """A Listener where the notifier port is: a probe of every contact."""
 
     def setUp(self):
         self.listener = Listener()
@@ -196,6 +196,10 @@ class Disabled(TransactionTestCase):
         self.enterContext(
             override_settings(SERVERPUSH_NOTIFIER_PORT=self.listener.port, SERVERPUSH_TIMEOUT=0.3)
         )
+
+
+class Disabled(ListeningInsteadOfAServer, TransactionTestCase):
+    """SERVERPUSH_ENABLED = False: no socket to the push server, nothing logged."""
 
     def test_nothing_contacts_the_push_server_and_pages_get_local_positions(self):
         alice = User.objects.get_or_create(username="alice")[0]
@@ -221,16 +225,9 @@ class Disabled(TransactionTestCase):
         assert self.listener.contacts() == 1
 
 
-class CaptureAloneInTestCase(TestCase):
+class CaptureAloneInTestCase(ListeningInsteadOfAServer, TestCase):
     """capture_updates() with SERVERPUSH_ENABLED left True: pages render as under
     ENABLED = False, without a contact with the push server or a log record."""
-
-    def setUp(self):
-        self.listener = Listener()
-        self.addCleanup(self.listener.sock.close)
-        self.enterContext(
-            override_settings(SERVERPUSH_NOTIFIER_PORT=self.listener.port, SERVERPUSH_TIMEOUT=0.3)
-        )
 
     def test_pages_and_queries_answer_locally_while_capturing(self):
         with self.assertNoLogs("django_adapter"), capture_updates() as updates:
